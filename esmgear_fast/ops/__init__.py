@@ -1,0 +1,5 @@
+"""Public functional ops. Each op: documented wrapper, fake kernel, autograd, backend choice."""
+from .knn_graph import knn_graph
+from .radius_graph import radius_graph
+
+__all__ = ["knn_graph", "radius_graph"]

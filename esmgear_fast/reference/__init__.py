@@ -1,0 +1,8 @@
+"""Plain-PyTorch reference implementations: the definition of correct for every op.
+
+Written to be read, not to be fast. Every compiled or Triton kernel is tested against these.
+"""
+from .knn_graph import knn_graph
+from .radius_graph import radius_graph
+
+__all__ = ["knn_graph", "radius_graph"]
