@@ -20,38 +20,39 @@ namespace esmgear_fast {
 namespace {
 
 constexpr int64_t kTargetsPerChunk = 256;
+// kNN cell edge relative to the size holding k points at the bounding-box mean density.
+constexpr double kKnnCellScale = 0.6;
 
+// Cell list of one protein. Points are stored in cell order as separate x/y/z arrays, so the cells
+// of one grid row are contiguous and a query scans a few contiguous runs. Cell coordinates are
+// computed in double from exact inputs, so a pair whose per-axis offset is below the cell size is
+// never more than one cell apart.
 template <typename scalar_t>
-inline scalar_t squared_distance(const scalar_t* pos, int64_t j, int64_t i) {
-  const scalar_t dx = pos[3 * j] - pos[3 * i];
-  const scalar_t dy = pos[3 * j + 1] - pos[3 * i + 1];
-  const scalar_t dz = pos[3 * j + 2] - pos[3 * i + 2];
-  return dx * dx + dy * dy + dz * dz;
-}
-
-// Cell list of one protein. Cell coordinates are computed in double from exact float inputs, so a
-// pair whose per-axis offset is below the cell size is never more than one cell apart.
 struct Grid {
   double origin[3] = {0, 0, 0};
   double cell = 1;
   int64_t dims[3] = {1, 1, 1};
   std::vector<int64_t> cell_start;  // [num_cells + 1]
-  std::vector<int64_t> points;      // node indices grouped by cell, ascending within a cell
+  std::vector<int64_t> node;        // node index of each stored point, ascending within a cell
+  std::vector<scalar_t> x, y, z;    // coordinates of each stored point
 
-  template <typename scalar_t>
-  int64_t coord(const scalar_t* p, int axis) const {
-    const double c = std::floor((static_cast<double>(p[axis]) - origin[axis]) / cell);
+  int64_t coord(double v, int axis) const {
+    const double c = std::floor((v - origin[axis]) / cell);
     return std::min<int64_t>(dims[axis] - 1, std::max<int64_t>(0, static_cast<int64_t>(c)));
   }
-  int64_t index(int64_t x, int64_t y, int64_t z) const { return (z * dims[1] + y) * dims[0] + x; }
+  int64_t index(int64_t cx, int64_t cy, int64_t cz) const { return (cz * dims[1] + cy) * dims[0] + cx; }
+  // Stored points of the cells cx0..cx1 of row (cy, cz): a contiguous range.
+  std::pair<int64_t, int64_t> run(int64_t cx0, int64_t cx1, int64_t cy, int64_t cz) const {
+    return {cell_start[index(cx0, cy, cz)], cell_start[index(cx1, cy, cz) + 1]};
+  }
 };
 
 // `cell` is the smallest acceptable cell size; it grows when the grid would exceed ~8 cells per
 // point (far-apart outliers), which keeps memory linear in the protein size and stays correct:
-// radius queries only need cell >= r, and kNN ring searches work for any cell size.
+// radius queries only need cell >= r, and kNN shell searches work for any cell size.
 template <typename scalar_t>
-Grid build_grid(const scalar_t* pos, int64_t start, int64_t end, double cell) {
-  Grid g;
+Grid<scalar_t> build_grid(const scalar_t* pos, int64_t start, int64_t end, double cell) {
+  Grid<scalar_t> g;
   const int64_t n = end - start;
   double hi[3];
   for (int a = 0; a < 3; ++a) {
@@ -83,33 +84,32 @@ Grid build_grid(const scalar_t* pos, int64_t start, int64_t end, double cell) {
   std::vector<int64_t> cell_of(n);
   for (int64_t i = start; i < end; ++i) {
     const scalar_t* p = pos + 3 * i;
-    const int64_t c = g.index(g.coord(p, 0), g.coord(p, 1), g.coord(p, 2));
+    const int64_t c = g.index(g.coord(p[0], 0), g.coord(p[1], 1), g.coord(p[2], 2));
     cell_of[i - start] = c;
     ++g.cell_start[c + 1];
   }
   for (int64_t c = 0; c < num_cells; ++c) g.cell_start[c + 1] += g.cell_start[c];
-  g.points.resize(n);
+  g.node.resize(n);
+  g.x.resize(n);
+  g.y.resize(n);
+  g.z.resize(n);
   std::vector<int64_t> fill(g.cell_start.begin(), g.cell_start.end() - 1);
-  for (int64_t i = start; i < end; ++i) g.points[fill[cell_of[i - start]]++] = i;
+  for (int64_t i = start; i < end; ++i) {
+    const int64_t k = fill[cell_of[i - start]]++;
+    g.node[k] = i;
+    g.x[k] = pos[3 * i];
+    g.y[k] = pos[3 * i + 1];
+    g.z[k] = pos[3 * i + 2];
+  }
   return g;
 }
 
 template <typename scalar_t>
 using Candidate = std::pair<scalar_t, int64_t>;  // (squared distance, source index)
 
-// Keeps the `keep` nearest candidates (ties by lower index), then orders them by source index.
-template <typename scalar_t>
-void select_nearest(std::vector<Candidate<scalar_t>>& cand, int64_t keep) {
-  if (static_cast<int64_t>(cand.size()) > keep) {
-    std::nth_element(cand.begin(), cand.begin() + keep, cand.end());  // pair order = (d2, j)
-    cand.resize(keep);
-  }
-  std::sort(cand.begin(), cand.end(),
-            [](const Candidate<scalar_t>& a, const Candidate<scalar_t>& b) { return a.second < b.second; });
-}
-
-// Shared driver: builds one grid per protein, runs `query(grid, target, candidates)` for every
-// target in parallel chunks and concatenates the results into edge_index [2, E].
+// Shared driver: builds one grid per protein, runs `query(grid, target position, target, cand)`
+// for every target in parallel chunks (it returns how many of cand's leading entries to keep,
+// in any order) and concatenates the results into edge_index [2, E] ordered by (target, source).
 template <typename scalar_t, typename CellSize, typename Query>
 at::Tensor build_edges(const at::Tensor& pos_in, const at::Tensor& ptr_in, CellSize cell_size, Query query) {
   const at::Tensor pos = pos_in.contiguous();
@@ -119,7 +119,7 @@ at::Tensor build_edges(const at::Tensor& pos_in, const at::Tensor& ptr_in, CellS
   const int64_t n = pos.size(0);
   const int64_t num_graphs = ptr.size(0) - 1;
 
-  std::vector<Grid> grids(num_graphs);
+  std::vector<Grid<scalar_t>> grids(num_graphs);
   std::vector<int64_t> graph_of(n);
   at::parallel_for(0, num_graphs, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
@@ -130,38 +130,74 @@ at::Tensor build_edges(const at::Tensor& pos_in, const at::Tensor& ptr_in, CellS
   });
 
   const int64_t num_chunks = (n + kTargetsPerChunk - 1) / kTargetsPerChunk;
-  std::vector<std::vector<int64_t>> chunk_edges(num_chunks);  // (source, target) pairs, flattened
+  std::vector<std::vector<int64_t>> chunk_sources(num_chunks);  // in (target, source) order
+  std::vector<int64_t> degree(n);
   at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<Candidate<scalar_t>> cand;
+    std::vector<uint64_t> bits;
     for (int64_t chunk = begin; chunk < end; ++chunk) {
-      auto& out = chunk_edges[chunk];
+      auto& out = chunk_sources[chunk];
       const int64_t last = std::min(n, (chunk + 1) * kTargetsPerChunk);
       for (int64_t i = chunk * kTargetsPerChunk; i < last; ++i) {
-        cand.clear();
-        query(grids[graph_of[i]], p, i, cand);
-        for (const auto& c : cand) {
-          out.push_back(c.second);
-          out.push_back(i);
+        const int64_t kept = query(grids[graph_of[i]], p + 3 * i, i, cand);
+        degree[i] = kept;
+        if (kept == 0) continue;
+        // Emit in ascending source order through a bitmap over [lo, hi]: cheaper than sorting.
+        int64_t lo = cand[0].second, hi = lo;
+        for (int64_t t = 1; t < kept; ++t) {
+          lo = std::min(lo, cand[t].second);
+          hi = std::max(hi, cand[t].second);
         }
+        bits.assign((hi - lo) / 64 + 1, 0);
+        for (int64_t t = 0; t < kept; ++t) bits[(cand[t].second - lo) / 64] |= uint64_t(1) << ((cand[t].second - lo) % 64);
+        for (size_t w = 0; w < bits.size(); ++w)
+          for (uint64_t word = bits[w]; word != 0; word &= word - 1)
+            out.push_back(lo + 64 * static_cast<int64_t>(w) + __builtin_ctzll(word));
       }
     }
   });
 
   std::vector<int64_t> offset(num_chunks + 1, 0);
-  for (int64_t c = 0; c < num_chunks; ++c) offset[c + 1] = offset[c] + chunk_edges[c].size() / 2;
-  at::Tensor edge_index = at::empty({2, offset[num_chunks]}, pos.options().dtype(at::kLong));
+  for (int64_t c = 0; c < num_chunks; ++c) offset[c + 1] = offset[c] + chunk_sources[c].size();
+  const int64_t num_edges = offset[num_chunks];
+  at::Tensor edge_index = at::empty({2, num_edges}, pos.options().dtype(at::kLong));
   int64_t* src = edge_index.data_ptr<int64_t>();
-  int64_t* dst = src + offset[num_chunks];
+  int64_t* dst = src + num_edges;
   at::parallel_for(0, num_chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      const auto& e = chunk_edges[c];
-      for (size_t k = 0; k < e.size() / 2; ++k) {
-        src[offset[c] + k] = e[2 * k];
-        dst[offset[c] + k] = e[2 * k + 1];
-      }
+      std::copy(chunk_sources[c].begin(), chunk_sources[c].end(), src + offset[c]);
+      int64_t e = offset[c];
+      for (int64_t i = c * kTargetsPerChunk; i < std::min(n, (c + 1) * kTargetsPerChunk); ++i)
+        for (int64_t t = 0; t < degree[i]; ++t) dst[e++] = i;
     }
   });
   return edge_index;
+}
+
+// Appends the stored points [range) of a grid that pass `keep(d2, source)` to cand[count...],
+// computing d2 exactly as the reference does. Branch-free: most tests fail, unpredictably, so
+// every point is written and `count` advances only for the kept ones.
+template <typename scalar_t, typename Keep>
+inline void append_run(const Grid<scalar_t>& g, std::pair<int64_t, int64_t> range, const scalar_t* p,
+                       std::vector<Candidate<scalar_t>>& cand, int64_t& count, Keep keep) {
+  const int64_t need = count + (range.second - range.first);
+  if (static_cast<int64_t>(cand.size()) < need) cand.resize(std::max<int64_t>(need, 2 * cand.size()));
+  for (int64_t k = range.first; k < range.second; ++k) {
+    const scalar_t dx = g.x[k] - p[0];
+    const scalar_t dy = g.y[k] - p[1];
+    const scalar_t dz = g.z[k] - p[2];
+    const scalar_t d2 = dx * dx + dy * dy + dz * dz;
+    cand[count] = Candidate<scalar_t>(d2, g.node[k]);
+    count += keep(d2, g.node[k]);
+  }
+}
+
+// Keeps the `keep` smallest of cand[0, count) by (d2, source), in any order; returns the new count.
+template <typename scalar_t>
+inline int64_t keep_nearest(std::vector<Candidate<scalar_t>>& cand, int64_t count, int64_t keep) {
+  if (count <= keep) return count;
+  std::nth_element(cand.begin(), cand.begin() + (keep - 1), cand.begin() + count);  // by (d2, j)
+  return keep;
 }
 
 at::Tensor radius_graph_cpu(const at::Tensor& pos, const c10::optional<at::Tensor>& batch, double r,
@@ -174,21 +210,19 @@ at::Tensor radius_graph_cpu(const at::Tensor& pos, const c10::optional<at::Tenso
     const scalar_t r2 = static_cast<scalar_t>(r * r);
     // Slightly larger than r so rounding in the cell coordinates can never split a close pair.
     auto cell_size = [r](const scalar_t*, int64_t, int64_t) { return r * (1.0 + 1e-4); };
-    auto query = [&](const Grid& g, const scalar_t* p, int64_t i, std::vector<Candidate<scalar_t>>& cand) {
-      if (cap == 0) return;
-      const int64_t cx = g.coord(p + 3 * i, 0), cy = g.coord(p + 3 * i, 1), cz = g.coord(p + 3 * i, 2);
-      for (int64_t z = std::max<int64_t>(0, cz - 1); z <= std::min(g.dims[2] - 1, cz + 1); ++z)
-        for (int64_t y = std::max<int64_t>(0, cy - 1); y <= std::min(g.dims[1] - 1, cy + 1); ++y)
-          for (int64_t x = std::max<int64_t>(0, cx - 1); x <= std::min(g.dims[0] - 1, cx + 1); ++x) {
-            const int64_t c = g.index(x, y, z);
-            for (int64_t k = g.cell_start[c]; k < g.cell_start[c + 1]; ++k) {
-              const int64_t j = g.points[k];
-              if (j == i && !loop) continue;
-              const scalar_t d2 = squared_distance(p, j, i);
-              if (d2 < r2) cand.emplace_back(d2, j);
-            }
-          }
-      select_nearest(cand, cap);
+    auto query = [&](const Grid<scalar_t>& g, const scalar_t* p, int64_t i,
+                     std::vector<Candidate<scalar_t>>& cand) -> int64_t {
+      if (cap == 0) return 0;
+      const int64_t cx = g.coord(p[0], 0), cy = g.coord(p[1], 1), cz = g.coord(p[2], 2);
+      const int64_t x0 = std::max<int64_t>(0, cx - 1), x1 = std::min(g.dims[0] - 1, cx + 1);
+      const int64_t y0 = std::max<int64_t>(0, cy - 1), y1 = std::min(g.dims[1] - 1, cy + 1);
+      const int64_t z0 = std::max<int64_t>(0, cz - 1), z1 = std::min(g.dims[2] - 1, cz + 1);
+      int64_t count = 0;
+      auto within = [&](scalar_t d2, int64_t j) { return (d2 < r2) & ((j != i) | loop); };
+      for (int64_t z = z0; z <= z1; ++z)
+        for (int64_t y = y0; y <= y1; ++y) append_run(g, g.run(x0, x1, y, z), p, cand, count, within);
+      count = keep_nearest(cand, count, cap);
+      return count;
     };
     return build_edges<scalar_t>(pos, ptr, cell_size, query);
   });
@@ -199,7 +233,8 @@ at::Tensor knn_graph_cpu(const at::Tensor& pos, const c10::optional<at::Tensor>&
   TORCH_CHECK(pos.device().is_cpu(), "knn_graph: CPU kernel called with pos on ", pos.device());
   const at::Tensor ptr = check_graph_inputs("knn_graph", pos, batch);
   return AT_DISPATCH_FLOATING_TYPES(pos.scalar_type(), "knn_graph_cpu", [&] {
-    // Cells sized to hold ~k points if the protein filled its bounding box.
+    // Cells sized so a typical target finds its k neighbours within the first shell, judged by the
+    // mean density over the protein's bounding box.
     auto cell_size = [k](const scalar_t* p, int64_t s, int64_t e) {
       double lo[3], hi[3];
       for (int a = 0; a < 3; ++a) lo[a] = hi[a] = static_cast<double>(p[3 * s + a]);
@@ -211,39 +246,51 @@ at::Tensor knn_graph_cpu(const at::Tensor& pos, const c10::optional<at::Tensor>&
       double volume = 1, span_max = 0;
       for (int a = 0; a < 3; ++a) span_max = std::max(span_max, hi[a] - lo[a]);
       for (int a = 0; a < 3; ++a) volume *= std::max(hi[a] - lo[a], 1e-3 * span_max);
-      return std::cbrt(volume * static_cast<double>(std::max<int64_t>(k, 1)) / static_cast<double>(e - s));
+      return kKnnCellScale * std::cbrt(volume * static_cast<double>(std::max<int64_t>(k, 1)) / static_cast<double>(e - s));
     };
-    auto query = [&](const Grid& g, const scalar_t* p, int64_t i, std::vector<Candidate<scalar_t>>& cand) {
-      if (k == 0) return;
-      const int64_t c[3] = {g.coord(p + 3 * i, 0), g.coord(p + 3 * i, 1), g.coord(p + 3 * i, 2)};
-      int64_t reach = 0;  // shells needed to cover the whole grid from this cell
-      for (int a = 0; a < 3; ++a) reach = std::max({reach, c[a], g.dims[a] - 1 - c[a]});
-      auto visit = [&](int64_t x, int64_t y, int64_t z) {
-        if (x < 0 || y < 0 || z < 0 || x >= g.dims[0] || y >= g.dims[1] || z >= g.dims[2]) return;
-        const int64_t cell = g.index(x, y, z);
-        for (int64_t t = g.cell_start[cell]; t < g.cell_start[cell + 1]; ++t) {
-          const int64_t j = g.points[t];
-          if (j != i || loop) cand.emplace_back(squared_distance(p, j, i), j);
-        }
-      };
-      // Shell m holds the cells at Chebyshev distance m. After shells 0..m every point within
-      // m * cell of the target has been seen; stop once k of the seen points lie inside that
-      // ball (the margin absorbs rounding of the float distances), since then the k nearest
-      // and all their ties are among them.
-      for (int64_t m = 0; m <= reach; ++m) {
-        for (int64_t dz = -m; dz <= m; ++dz)
+    auto query = [&](const Grid<scalar_t>& g, const scalar_t* p, int64_t i,
+                     std::vector<Candidate<scalar_t>>& cand) -> int64_t {
+      if (k == 0) return 0;
+      const double pd[3] = {static_cast<double>(p[0]), static_cast<double>(p[1]), static_cast<double>(p[2])};
+      const int64_t c[3] = {g.coord(pd[0], 0), g.coord(pd[1], 1), g.coord(pd[2], 2)};
+      int64_t count = 0;
+      auto other = [&](scalar_t, int64_t j) { return (j != i) | loop; };
+      // Shell m: the cells at Chebyshev distance m from the target's cell, scanned as x-runs.
+      for (int64_t m = 0;; ++m) {
+        const int64_t x0 = std::max<int64_t>(0, c[0] - m), x1 = std::min(g.dims[0] - 1, c[0] + m);
+        for (int64_t dz = -m; dz <= m; ++dz) {
+          const int64_t z = c[2] + dz;
+          if (z < 0 || z >= g.dims[2]) continue;
           for (int64_t dy = -m; dy <= m; ++dy) {
-            const bool face = (dz == -m || dz == m || dy == -m || dy == m);
-            for (int64_t dx = -m; dx <= m; dx += (face || m == 0) ? 1 : 2 * m)
-              visit(c[0] + dx, c[1] + dy, c[2] + dz);
+            const int64_t y = c[1] + dy;
+            if (y < 0 || y >= g.dims[1]) continue;
+            if (dz == -m || dz == m || dy == -m || dy == m) {
+              append_run(g, g.run(x0, x1, y, z), p, cand, count, other);
+            } else {
+              if (c[0] - m >= 0) append_run(g, g.run(c[0] - m, c[0] - m, y, z), p, cand, count, other);
+              if (c[0] + m < g.dims[0]) append_run(g, g.run(c[0] + m, c[0] + m, y, z), p, cand, count, other);
+            }
           }
-        if (m == 0 || static_cast<int64_t>(cand.size()) < k) continue;
-        const double ball = static_cast<double>(m) * g.cell * (1.0 - 1e-4);
-        int64_t inside = 0;
-        for (const auto& cd : cand) inside += static_cast<double>(cd.first) <= ball * ball;
-        if (inside >= k) break;
+        }
+        // Points outside the current k best can never re-enter them: drop them as we go.
+        count = keep_nearest(cand, count, k);
+        // Every point closer than `clear` to the target lies in the cells scanned so far: the
+        // distance to the nearest face of the scanned box, where faces on the grid boundary do
+        // not count (nothing lies beyond them). Once the k-th best is inside that ball (with a
+        // margin for rounding of the distances) no unscanned point can displace it.
+        double clear = std::numeric_limits<double>::infinity();
+        for (int a = 0; a < 3; ++a) {
+          if (c[a] - m > 0) clear = std::min(clear, pd[a] - (g.origin[a] + static_cast<double>(c[a] - m) * g.cell));
+          if (c[a] + m < g.dims[a] - 1) clear = std::min(clear, g.origin[a] + static_cast<double>(c[a] + m + 1) * g.cell - pd[a]);
+        }
+        if (clear == std::numeric_limits<double>::infinity()) break;  // the whole grid is scanned
+        if (count == k) {
+          scalar_t kth = cand[0].first;
+          for (int64_t t = 1; t < k; ++t) kth = std::max(kth, cand[t].first);
+          if (static_cast<double>(kth) <= clear * clear * (1.0 - 1e-5)) break;
+        }
       }
-      select_nearest(cand, k);
+      return count;
     };
     return build_edges<scalar_t>(pos, ptr, cell_size, query);
   });

@@ -52,9 +52,12 @@ def nearest_edges(d2: torch.Tensor, allowed: torch.Tensor, cap: Optional[int], o
     Returns [2, E] (source, target) ordered by (target, source), shifted by `offset`.
     """
     if cap is not None:
-        masked = torch.where(allowed, d2, torch.full_like(d2, float("inf")))
-        # A stable sort of the row keeps equal distances in source-index order.
-        order = torch.sort(masked, dim=1, stable=True).indices
+        # Rank each row's allowed sources by (d2, index): a stable sort by distance keeps equal
+        # distances in index order, then a stable sort puts the disallowed sources last (sorting on
+        # a masked d2 instead would let them tie with genuinely infinite distances).
+        order = torch.sort(d2, dim=1, stable=True).indices
+        disallowed_last = torch.sort((~allowed).gather(1, order).byte(), dim=1, stable=True).indices
+        order = order.gather(1, disallowed_last)
         rank = torch.empty_like(order)
         rank.scatter_(1, order, torch.arange(d2.size(1)).expand_as(order).contiguous())
         allowed = allowed & (rank < cap)

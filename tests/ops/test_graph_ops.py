@@ -250,3 +250,13 @@ def test_torch_compile_fullgraph():
     for seed, sizes in [(14, [80, 20]), (15, [150])]:
         pos, batch = random_batch(seed, sizes)
         assert torch.equal(compiled(pos, batch), both(pos, batch))
+
+
+@pytest.mark.parametrize("backend", ["reference"] + COMPILED)
+def test_overflowing_distances(backend):
+    # Finite float32 coordinates whose squared distances overflow to +inf: every pair is then
+    # "infinitely" far, ties are broken by index, and the self pair must not take a slot.
+    pos = torch.tensor([[0.0, 0, 0], [3e38, 0, 0], [-3e38, 0, 0], [0, 3e38, 0], [0, 0, -3e38]])
+    expected = brute_force(pos, torch.zeros(5, dtype=torch.long), lambda d2: True, 2, False)
+    assert torch.equal(run(knn_graph, backend, pos, 2), expected)
+    assert torch.equal(run(radius_graph, backend, pos, math.inf, max_num_neighbors=2), torch.zeros(2, 0, dtype=torch.long))
