@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <tuple>
 
 #include "esmgear_fast/graph_common.h"
 
@@ -299,11 +300,21 @@ at::Tensor knn_graph_cuda(const at::Tensor& pos, const c10::optional<at::Tensor>
   });
 }
 
+// On the GPU both scans are already one warp per target over the protein, so the two graphs are
+// simply built one after the other (the fusion pays on the CPU, where it saves a grid search).
+std::tuple<at::Tensor, at::Tensor> radius_knn_graph_cuda(const at::Tensor& pos, const c10::optional<at::Tensor>& batch,
+                                                         double r, c10::optional<int64_t> max_num_neighbors,
+                                                         int64_t k, bool loop) {
+  TORCH_CHECK_VALUE(k >= 0, "radius_knn_graph: k must be >= 0, got ", k);
+  return std::make_tuple(radius_graph_cuda(pos, batch, r, max_num_neighbors, loop), knn_graph_cuda(pos, batch, k, loop));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(esmgear_fast, CUDA, m) {
   m.impl("radius_graph", &radius_graph_cuda);
   m.impl("knn_graph", &knn_graph_cuda);
+  m.impl("radius_knn_graph", &radius_knn_graph_cuda);
 }
 
 }  // namespace esmgear_fast

@@ -16,4 +16,6 @@ TORCH_LIBRARY(esmgear_fast, m) {
   m.def("radius_graph(Tensor pos, Tensor? batch, float r, int? max_num_neighbors, bool loop) -> Tensor");
   // The k nearest sources of every target in its protein (ties by lower index), same ordering.
   m.def("knn_graph(Tensor pos, Tensor? batch, int k, bool loop) -> Tensor");
+  // (radius_graph(...), knn_graph(...)) from one neighbour search: GearNet needs both.
+  m.def("radius_knn_graph(Tensor pos, Tensor? batch, float r, int? max_num_neighbors, int k, bool loop) -> (Tensor, Tensor)");
 }

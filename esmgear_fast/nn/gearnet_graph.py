@@ -52,10 +52,7 @@ def gearnet_graph(
         types.append(torch.full_like(src[same], relation))
 
     num_sequential = 2 * seq_max_distance + 1
-    spatial = (
-        ops.radius_graph(pos, radius, batch, max_num_neighbors=max_num_neighbors, backend=backend),
-        ops.knn_graph(pos, knn_k, batch, backend=backend),
-    )
+    spatial = ops.radius_knn_graph(pos, radius, knn_k, batch, max_num_neighbors=max_num_neighbors, backend=backend)
     for relation, edge_index in enumerate(spatial, start=num_sequential):
         src, tgt = edge_index
         # As TorchDrug: the sequence filter runs after the neighbour query (the cap counted these

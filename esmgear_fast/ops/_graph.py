@@ -23,10 +23,11 @@ def prepare_graph_inputs(op: str, pos: torch.Tensor, batch: Optional[torch.Tenso
     return pos.detach(), batch
 
 
-def register_graph_fake(qualname: str) -> None:
+def register_graph_fake(qualname: str, num_outputs: int = 1) -> None:
     """Fake kernel: the number of edges is data-dependent."""
 
     @torch.library.register_fake(qualname)
     def _fake(pos, batch, *args):
-        num_edges = torch.library.get_ctx().new_dynamic_size()
-        return pos.new_empty((2, num_edges), dtype=torch.long)
+        ctx = torch.library.get_ctx()
+        out = tuple(pos.new_empty((2, ctx.new_dynamic_size()), dtype=torch.long) for _ in range(num_outputs))
+        return out if num_outputs > 1 else out[0]

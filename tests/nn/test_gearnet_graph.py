@@ -1,46 +1,16 @@
 """GearNetGraph reproduces TorchDrug's graph construction for ESM-GearNet.
 
-`torchdrug_graph` below re-implements TorchDrug's SequentialEdge / SpatialEdge / KNNEdge
-algorithm (residue-range masks per offset, as in torchdrug.layers.geometry.function) on top of the
-reference neighbour queries; GearNetGraph must produce the same multiset of typed edges.
+`esmgear_fast.testing.torchdrug_style_graph` re-implements TorchDrug's SequentialEdge /
+SpatialEdge / KNNEdge algorithm (residue-range masks per offset, as in
+torchdrug.layers.geometry.function) on top of the reference neighbour queries (or torch_cluster);
+GearNetGraph must produce the same multiset of typed edges.
 """
 import pytest
 import torch
 
 from esmgear_fast.data import collate
 from esmgear_fast.nn import GearNetGraph, gearnet_graph
-from esmgear_fast.reference import knn_graph as ref_knn
-from esmgear_fast.reference import radius_graph as ref_radius
-from esmgear_fast.testing import real_proteins
-
-
-def torchdrug_graph(pos, batch, chain_id, radius=10.0, k=10, min_distance=5, cap=32, max_distance=2,
-                    radius_fn=ref_radius, knn_fn=ref_knn):
-    n = pos.size(0)
-    num_residues = torch.bincount(batch)
-    cum = num_residues.cumsum(0)
-    start = cum - num_residues
-    index = torch.arange(n)
-    edges = []
-    for i in range(-max_distance, max_distance + 1):
-        if i > 0:
-            is_in = index < cum[batch] - i
-            is_out = index >= start[batch] + i
-        else:
-            is_in = index >= start[batch] - i
-            is_out = index < cum[batch] + i
-        node_in, node_out = index[is_in], index[is_out]  # one atom per residue: pairs line up
-        same_chain = chain_id[node_in] == chain_id[node_out]
-        node_in, node_out = node_in[same_chain], node_out[same_chain]
-        edges.append(torch.stack([node_in, node_out, torch.full_like(node_in, i + max_distance)], 1))
-    for relation, edge_list in [(2 * max_distance + 1, radius_fn(pos, radius, batch, cap).t()),
-                                (2 * max_distance + 2, knn_fn(pos, k, batch).t())]:
-        node_in, node_out = edge_list.t()
-        edge_list = edge_list[~((node_in - node_out).abs() < min_distance)]
-        node_in, node_out = edge_list.t()
-        edge_list = edge_list[~((pos[node_in] - pos[node_out]).norm(dim=-1) < 1e-10)]
-        edges.append(torch.cat([edge_list, torch.full_like(edge_list[:, :1], relation)], 1))
-    return torch.cat(edges)
+from esmgear_fast.testing import real_proteins, torchdrug_style_graph
 
 
 def as_sorted_triples(edge_list):
@@ -61,7 +31,7 @@ def test_matches_torchdrug_algorithm_on_real_proteins(real_batch):
     b = real_batch
     edge_index, edge_type = GearNetGraph()(b)
     ours = torch.cat([edge_index.t(), edge_type[:, None]], 1)
-    expected = torchdrug_graph(b.pos, b.batch, b.chain_id)
+    expected = torchdrug_style_graph(b.pos, b.batch, b.chain_id)
     assert as_sorted_triples(ours) == as_sorted_triples(expected)
     check_order(edge_index, edge_type, b.batch)
     counts = torch.bincount(edge_type, minlength=7)
@@ -102,7 +72,7 @@ def test_duplicate_positions_and_tiny_proteins():
     chain = torch.zeros(15, dtype=torch.long)
     edge_index, edge_type = gearnet_graph(pos, batch, chain, radius=100.0, min_distance=0)
     triples = as_sorted_triples(torch.cat([edge_index.t(), edge_type[:, None]], 1))
-    assert triples == as_sorted_triples(torchdrug_graph(pos, batch, chain, radius=100.0, min_distance=0))
+    assert triples == as_sorted_triples(torchdrug_style_graph(pos, batch, chain, radius=100.0, min_distance=0))
     spatial = edge_type >= 5
     assert not ((edge_index[0] == 3) & (edge_index[1] == 10) & spatial).any()
     assert ((edge_index[0] == 0) & (edge_index[1] == 0)).sum() == 1  # only the sequential self loop
@@ -129,7 +99,7 @@ def test_matches_torch_cluster_peer_when_installed(real_batch):
     # arbitrary subset) and distinct distances, both must give the same edges.
     torch_cluster = pytest.importorskip("torch_cluster")
     b = real_batch
-    peer = torchdrug_graph(
+    peer = torchdrug_style_graph(
         b.pos, b.batch, b.chain_id, cap=None,
         radius_fn=lambda p, r, bt, cap: torch_cluster.radius_graph(p, r, bt, max_num_neighbors=10_000),
         knn_fn=lambda p, k, bt: torch_cluster.knn_graph(p, k, bt),

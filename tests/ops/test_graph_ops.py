@@ -260,3 +260,67 @@ def test_overflowing_distances(backend):
     expected = brute_force(pos, torch.zeros(5, dtype=torch.long), lambda d2: True, 2, False)
     assert torch.equal(run(knn_graph, backend, pos, 2), expected)
     assert torch.equal(run(radius_graph, backend, pos, math.inf, max_num_neighbors=2), torch.zeros(2, 0, dtype=torch.long))
+
+
+# ------------------------------------------------------------- fused radius + kNN (GearNet's pair)
+
+
+@pytest.mark.parametrize("backend", ["reference"] + COMPILED)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_radius_knn_graph_equals_separate_ops(backend, case):
+    pos, batch = random_batch(**CASES[case])
+    for r, cap, k, loop in [(10.0, 32, 10, False), (6.0, None, 10, False), (3.0, 4, 30, True), (0.0, 0, 0, False),
+                            (math.inf, 5, 3, False)]:
+        expected = (ef.reference.radius_graph(pos, r, batch, cap, loop), ef.reference.knn_graph(pos, k, batch, loop))
+        got = run(ef.ops.radius_knn_graph, backend, pos, r, k, batch=batch, max_num_neighbors=cap, loop=loop)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), (r, cap, k, loop)
+
+
+def test_radius_knn_graph_plumbing():
+    pos, batch = random_batch(16, [60, 40])
+    torch.library.opcheck(torch.ops.esmgear_fast.radius_knn_graph.default, (pos, batch, 8.0, 32, 10, False))
+    torch.library.opcheck(torch.ops.esmgear_fast.radius_knn_graph.default, (pos.double(), None, 4.0, None, 3, True))
+    compiled = torch.compile(lambda p, b: ef.ops.radius_knn_graph(p, 8.0, 10, b), fullgraph=True)
+    got, expected = compiled(pos, batch), ef.ops.radius_knn_graph(pos, 8.0, 10, batch)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    with pytest.raises(ValueError, match="non-finite"):
+        ef.ops.radius_knn_graph(torch.full((3, 3), float("nan")), 8.0, 10)
+
+
+# ------------------------------------------------------------------------ real protein structures
+
+
+@pytest.fixture(scope="module")
+def real_chain_batches():
+    from esmgear_fast.data import collate
+    from esmgear_fast.testing import real_proteins
+
+    proteins = real_proteins()
+    assert len(proteins) >= 200, "the real-structure fixture should hold >= 200 chains"
+    return [collate(proteins[i:i + 40]) for i in range(0, len(proteins), 40)]
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("cap", [None, 32, 8])
+def test_real_chains_identical_to_reference(backend, cap, real_chain_batches):
+    """Every real chain of the fixture (>= 200), in batches: radius 10 A with and without the cap,
+    kNN 10, and the fused pair, identical to the reference."""
+    for b in real_chain_batches:
+        expected_radius = ef.reference.radius_graph(b.pos, 10.0, b.batch, cap)
+        expected_knn = ef.reference.knn_graph(b.pos, 10, b.batch)
+        assert torch.equal(run(radius_graph, backend, b.pos, 10.0, batch=b.batch, max_num_neighbors=cap), expected_radius)
+        assert torch.equal(run(knn_graph, backend, b.pos, 10, batch=b.batch), expected_knn)
+        fused = run(ef.ops.radius_knn_graph, backend, b.pos, 10.0, 10, batch=b.batch, max_num_neighbors=cap)
+        assert torch.equal(fused[0], expected_radius) and torch.equal(fused[1], expected_knn)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_real_complexes_identical_to_reference(backend):
+    """Multi-chain assemblies of 1,000-3,000 residues (one protein each)."""
+    from esmgear_fast.testing import real_complexes
+
+    complexes = real_complexes(max_len=3000)
+    assert complexes
+    for protein in complexes:
+        for op, args in [(radius_graph, (10.0,)), (knn_graph, (10,))]:
+            assert torch.equal(run(op, backend, protein.pos, *args), op(protein.pos, *args, backend="reference"))
