@@ -39,39 +39,63 @@ def gearnet_graph(
         )
     batch = batch.long()
     chain_id = chain_id.long()
-    edges, types = [], []
+    index = torch.arange(n, device=pos.device)
+    blocks = []  # one [2, E_r] edge block per relation, each ordered by (target, source)
 
     # Relations 0 .. 2*seq_max_distance: offset = index(target) - index(source) within one chain.
-    target = torch.arange(n, device=pos.device)
-    for relation, offset in enumerate(range(-seq_max_distance, seq_max_distance + 1)):
-        source = target - offset
-        valid = (source >= 0) & (source < n)
-        src, tgt = source[valid], target[valid]
-        same = (batch[src] == batch[tgt]) & (chain_id[src] == chain_id[tgt])
-        edges.append(torch.stack([src[same], tgt[same]]))
-        types.append(torch.full_like(src[same], relation))
+    # Slices pair every target with its source (no gathers).
+    for offset in range(-seq_max_distance, seq_max_distance + 1):
+        lo, hi = max(offset, 0), n + min(offset, 0)  # targets whose source index exists
+        if hi <= lo:
+            blocks.append(index.new_empty((2, 0)))
+            continue
+        tgt = index[lo:hi]
+        same = (batch[lo - offset:hi - offset] == batch[lo:hi]) & (chain_id[lo - offset:hi - offset] == chain_id[lo:hi])
+        tgt = tgt[same]
+        blocks.append(torch.stack([tgt - offset, tgt]))
 
-    num_sequential = 2 * seq_max_distance + 1
     spatial = ops.radius_knn_graph(pos, radius, knn_k, batch, max_num_neighbors=max_num_neighbors, backend=backend)
-    for relation, edge_index in enumerate(spatial, start=num_sequential):
+    for edge_index in spatial:
         src, tgt = edge_index
         # As TorchDrug: the sequence filter runs after the neighbour query (the cap counted these
-        # pairs) and compares indices within the protein, not PDB residue numbers.
+        # pairs) and compares indices within the protein, not PDB residue numbers; then pairs
+        # closer than 1e-10 (duplicate coordinates) go.
         far = (src - tgt).abs() >= min_distance
         if chain_aware_min_distance:
-            far = far | (chain_id[src] != chain_id[tgt])
-        edge_index = edge_index[:, far]
-        src, tgt = edge_index
-        distinct = ~((pos[src] - pos[tgt]).norm(dim=-1) < DUPLICATE_EPS)
-        edge_index = edge_index[:, distinct]
-        edges.append(edge_index)
-        types.append(torch.full_like(edge_index[0], relation))
+            far |= chain_id.index_select(0, src) != chain_id.index_select(0, tgt)
+        distinct = (pos.index_select(0, src) - pos.index_select(0, tgt)).norm(dim=-1) >= DUPLICATE_EPS
+        blocks.append(edge_index.index_select(1, (far & distinct).nonzero().squeeze(1)))
 
-    edge_index = torch.cat(edges, dim=1)
-    edge_type = torch.cat(types)
-    # Group edges by protein, keeping (relation, target, source) order inside each protein.
-    order = torch.sort(batch[edge_index[1]], stable=True).indices
-    return edge_index[:, order], edge_type[order]
+    return _group_by_protein(blocks, batch)
+
+
+def _group_by_protein(blocks, batch):
+    """Concatenates relation blocks into one edge list ordered by (protein, relation, target, source).
+
+    Each block is already ordered by target, hence by protein, so every (protein, relation) group
+    is a contiguous run of its block: a counting placement moves the runs without sorting.
+    """
+    num_proteins = int(batch[-1]) + 1 if batch.numel() else 0
+    num_relation = len(blocks)
+    group_sizes = torch.stack(
+        [torch.bincount(batch[b[1]], minlength=num_proteins) for b in blocks], dim=1
+    )  # [num_proteins, num_relation]
+    flat = group_sizes.flatten()
+    out_start = (flat.cumsum(0) - flat).view(num_proteins, num_relation)  # row-major: protein first
+    total = int(flat.sum())
+    edge_index = batch.new_empty((2, total))
+    edge_type = batch.new_empty((total,))
+    for relation, block in enumerate(blocks):
+        if block.size(1) == 0:
+            continue
+        protein = batch[block[1]]
+        sizes = group_sizes[:, relation]
+        block_start = sizes.cumsum(0) - sizes
+        rank = torch.arange(block.size(1), device=batch.device) - block_start[protein]
+        dest = out_start[protein, relation] + rank
+        edge_index[:, dest] = block
+        edge_type[dest] = relation
+    return edge_index, edge_type
 
 
 class GearNetGraph(nn.Module):
