@@ -1,4 +1,5 @@
 """Drop-in layers, one per file."""
 from .gearnet_graph import GearNetGraph, gearnet_graph
+from .geometric_relational_graph_conv import GeometricRelationalGraphConv
 
-__all__ = ["GearNetGraph", "gearnet_graph"]
+__all__ = ["GearNetGraph", "GeometricRelationalGraphConv", "gearnet_graph"]

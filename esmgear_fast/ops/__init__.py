@@ -2,5 +2,6 @@
 from .knn_graph import knn_graph
 from .radius_graph import radius_graph
 from .radius_knn_graph import radius_knn_graph
+from .relational_aggregate import relational_aggregate
 
-__all__ = ["knn_graph", "radius_graph", "radius_knn_graph"]
+__all__ = ["knn_graph", "radius_graph", "radius_knn_graph", "relational_aggregate"]
