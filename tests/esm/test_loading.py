@@ -1,6 +1,7 @@
 """load_esm from every supported source; tiny random checkpoints are written in each real format."""
 import argparse
 import json
+import shutil
 
 import pytest
 import torch
@@ -57,6 +58,36 @@ def test_fair_esm_loader_reads_the_same_test_checkpoint(tmp_path, fair_esm_model
     with torch.serialization.safe_globals([argparse.Namespace]):
         ref, _ = esm.pretrained.load_model_and_alphabet_local(str(path))
     _check_matches(load_esm(path), ref.eval())
+
+
+def test_fair_esm_name_downloads_into_torch_hub_cache(tmp_path, fair_esm_model, monkeypatch):
+    """By name: the checkpoint and its regression file are fetched from fair-esm's URLs into
+    torch.hub's checkpoint folder (where esm.pretrained caches them) once, then reused. The download
+    itself is replaced by a local copy (no network in tests); offline it fails clearly."""
+    source = tmp_path / "released.pt"
+    _fair_esm_checkpoint(fair_esm_model, source)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    fetched = []
+
+    def fake_download(url, dst, progress=True):
+        fetched.append(url)
+        name = "released-contact-regression.pt" if url.endswith("-contact-regression.pt") else "released.pt"
+        shutil.copy(tmp_path / name, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    _check_matches(load_esm("esm2_t6_8M_UR50D"), fair_esm_model)
+    assert [u.rsplit("/", 2)[-2:] for u in fetched] == [
+        ["models", "esm2_t6_8M_UR50D.pt"], ["regression", "esm2_t6_8M_UR50D-contact-regression.pt"]]
+    assert (tmp_path / "hub" / "checkpoints" / "esm2_t6_8M_UR50D.pt").is_file()
+    load_esm("esm2_t6_8M_UR50D")
+    assert len(fetched) == 2, "a cached checkpoint must not be downloaded again"
+
+    def offline(url, dst, progress=True):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(RuntimeError, match="are you online"):
+        load_esm("esm2_t12_35M_UR50D")
 
 
 def _hf_state(fair_esm_model, masked_lm=True):
