@@ -51,6 +51,19 @@ def machine_tag(info: Dict[str, object]) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
 
 
+def spread_batch(proteins: List, size: int, device: torch.device):
+    """A packed batch of `size` proteins taken at even steps over `proteins` (deterministic)."""
+    from esmgear_fast.data import collate
+
+    step = max(1, len(proteins) // size)
+    return collate([proteins[(i * step) % len(proteins)] for i in range(size)]).to(device)
+
+
+def print_header(info: Dict[str, object], extra: str = "") -> None:
+    print(f"# {info['cpu']} | {info.get('gpu', 'no GPU')} | torch {info['torch']} | "
+          f"{info['cpu_threads']} threads" + (f" | {extra}" if extra else ""))
+
+
 def measure(fns: Dict[str, Callable[[], object]], device: torch.device, repeats: int = 20,
             warmup: int = 3, min_seconds: float = 0.0) -> Dict[str, Dict[str, float]]:
     """Median wall time (ms) of each callable, measured round-robin; peak GPU memory when on CUDA."""

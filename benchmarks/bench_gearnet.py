@@ -24,9 +24,8 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import machine_info, measure, print_table, write_jsonl  # noqa: E402
+from _harness import machine_info, measure, print_header, print_table, spread_batch, write_jsonl  # noqa: E402
 
-from esmgear_fast.data import collate  # noqa: E402
 from esmgear_fast.models import GearNet, gearnet_edge_feature, residue_one_hot, spatial_line_graph  # noqa: E402
 from esmgear_fast.models.gearnet import graph_readout  # noqa: E402
 from esmgear_fast.nn import GearNetGraph, GeometricRelationalGraphConv  # noqa: E402
@@ -180,13 +179,10 @@ def main() -> None:
 
     proteins = real_proteins(min_len=50, max_len=1200)
     info = machine_info(device)
-    print(f"# {info['cpu']} | {info.get('gpu', 'no GPU')} | torch {info['torch']} | "
-          f"{info['cpu_threads']} threads | width {args.width}, depth {args.depth}")
+    print_header(info, f"width {args.width}, depth {args.depth}")
     rows = []
     for size in args.sizes:
-        step = max(1, len(proteins) // size)
-        chosen = [proteins[(i * step) % len(proteins)] for i in range(size)]
-        batch = collate(chosen).to(device)
+        batch = spread_batch(proteins, size, device)
         tasks, num_edges = implementations(batch, device, args.width, args.depth, edge=size in args.edge_sizes)
         for (task, mode), impls in tasks.items():
             res = measure(impls, device, repeats=args.repeats, warmup=1)

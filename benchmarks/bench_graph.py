@@ -19,10 +19,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import machine_info, measure, print_table, write_jsonl  # noqa: E402
+from _harness import machine_info, measure, print_header, print_table, spread_batch, write_jsonl  # noqa: E402
 
 from esmgear_fast import ops  # noqa: E402
-from esmgear_fast.data import collate  # noqa: E402
 from esmgear_fast.nn import gearnet_graph  # noqa: E402
 from esmgear_fast.testing import real_proteins, torchdrug_style_graph  # noqa: E402
 
@@ -73,14 +72,10 @@ def main() -> None:
 
     proteins = real_proteins(min_len=50, max_len=1200)
     info = machine_info(device)
-    print(f"# {info['cpu']} | {info.get('gpu', 'no GPU')} | torch {info['torch']} | "
-          f"{info['cpu_threads']} threads | {len(proteins)} real proteins available")
+    print_header(info, f"{len(proteins)} real proteins available")
     rows = []
     for size in args.sizes:
-        # Deterministic, spread over the whole set of real chains.
-        step = max(1, len(proteins) // size)
-        chosen = [proteins[(i * step) % len(proteins)] for i in range(size)]
-        batch = collate(chosen).to(device)
+        batch = spread_batch(proteins, size, device)
         for task, impls in implementations(batch, device).items():
             res = measure(impls, device, repeats=args.repeats)
             for name, r in res.items():
