@@ -3,5 +3,7 @@ from .knn_graph import knn_graph
 from .radius_graph import radius_graph
 from .radius_knn_graph import radius_knn_graph
 from .relational_aggregate import relational_aggregate
+from .relational_csr import RelationalCSR, relational_csr
+from .relational_linear import relational_linear
 
-__all__ = ["knn_graph", "radius_graph", "radius_knn_graph", "relational_aggregate"]
+__all__ = ["knn_graph", "radius_graph", "radius_knn_graph", "relational_aggregate", "RelationalCSR", "relational_csr", "relational_linear"]

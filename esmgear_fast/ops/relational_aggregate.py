@@ -5,8 +5,13 @@ import torch
 from .. import _extension  # noqa: F401  (loads the compiled kernels)
 from .. import reference
 from ..backend import resolve
+from .relational_csr import RelationalCSR, check_csr_matches, csr_aggregate, relational_csr, sorted_weight
 
-BACKENDS = ("extension", "reference")
+# Fastest first, per device. On CPU the Triton backend exists only under TRITON_INTERPRET=1 (for
+# tests), so the C++ kernel leads; on GPU the Triton kernel uses the precomputed CSR while the CUDA
+# kernel re-buckets the edges in every call (neither has been timed on a GPU yet).
+BACKENDS = ("extension", "triton", "reference")
+BACKENDS_CUDA = ("triton", "extension", "reference")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -80,6 +85,7 @@ def relational_aggregate(
     num_relation: int,
     edge_weight: Optional[torch.Tensor] = None,
     backend: Optional[str] = None,
+    csr: Optional[RelationalCSR] = None,
 ) -> torch.Tensor:
     r"""Per-relation sum aggregation of neighbour features (the message passing of GearNet).
 
@@ -96,28 +102,50 @@ def relational_aggregate(
         edge_type: [E] int64 relation of each edge, in ``[0, num_relation)``.
         num_relation: R >= 1.
         edge_weight: optional [E] weights (default 1); cast to x's dtype. Differentiable.
-        backend: "auto", "extension" or "reference"; ``None`` uses the global default.
+        backend: "auto", "extension", "triton" or "reference"; ``None`` uses the global default.
+        csr: optional :func:`~esmgear_fast.ops.relational_csr` of this graph (built once per graph,
+            reused across layers and in backward). The extension backend on CPU and the Triton
+            backend then skip sorting the edges; the CUDA extension kernel and the reference do not
+            use it. Without it the Triton backend builds one per call.
 
     Returns:
         [N, num_relation * D] tensor of x's dtype. Differentiable w.r.t. x and edge_weight. The
-        extension kernels (C++ on CPU, CUDA on GPU) are deterministic (no atomics): edges are
-        bucketed by (target, relation) and summed in their input order.
+        extension kernels (C++ on CPU, CUDA on GPU) and the Triton kernel are deterministic (no
+        atomics): edges are bucketed by (target, relation) and summed in their input order.
 
     Raises:
         ValueError / TypeError for wrong shapes, dtypes or devices, an edge index outside
         ``[0, N)`` or an edge type outside ``[0, num_relation)``.
     """
     _check(x, edge_index, edge_type, num_relation, edge_weight)
+    if csr is not None:
+        check_csr_matches("relational_aggregate", csr, x.size(0), int(num_relation), edge_index.size(1), x.device)
     edge_index = edge_index.long()
     edge_type = edge_type.long()
     if edge_weight is not None and edge_weight.dtype != x.dtype:
         edge_weight = edge_weight.to(x.dtype)
-    if resolve("relational_aggregate", backend, x.device, BACKENDS) == "reference":
+    offered = BACKENDS_CUDA if x.device.type == "cuda" else BACKENDS
+    chosen = resolve("relational_aggregate", backend, x.device, offered)
+    if chosen == "reference":
         n = x.size(0)
         if edge_index.numel() and not torch.compiler.is_compiling():
             if int(edge_index.min()) < 0 or int(edge_index.max()) >= n:
                 raise ValueError(f"relational_aggregate: edge_index has entries outside [0, {n})")
             if int(edge_type.min()) < 0 or int(edge_type.max()) >= num_relation:
                 raise ValueError(f"relational_aggregate: edge_type has entries outside [0, {num_relation})")
+        if csr is not None and csr.weight is not None:
+            if edge_weight is not None:
+                raise ValueError("relational_aggregate: edge_weight given both to relational_csr and to the call")
+            edge_weight = torch.empty_like(csr.weight).index_copy(0, csr.perm, csr.weight).to(x.dtype)
         return reference.relational_aggregate(x, edge_index, edge_type, int(num_relation), edge_weight)
+    if chosen == "triton" or (csr is not None and x.device.type == "cpu"):
+        if x.dtype == torch.float64 and chosen == "triton":
+            raise TypeError("relational_aggregate: the triton backend supports float16, bfloat16 and float32, not float64")
+        if csr is None:
+            csr = relational_csr(edge_index, edge_type, x.size(0), int(num_relation))
+        return csr_aggregate(x, csr, sorted_weight("relational_aggregate", csr, edge_weight, x.dtype), chosen)
+    if csr is not None and csr.weight is not None:
+        if edge_weight is not None:
+            raise ValueError("relational_aggregate: edge_weight given both to relational_csr and to the call")
+        edge_weight = torch.empty_like(csr.weight).index_copy(0, csr.perm, csr.weight).to(x.dtype)
     return torch.ops.esmgear_fast.relational_aggregate(x, edge_index, edge_type, int(num_relation), edge_weight)
