@@ -6,5 +6,6 @@ from .knn_graph import knn_graph
 from .radius_graph import radius_graph
 from .radius_knn_graph import radius_knn_graph
 from .relational_aggregate import relational_aggregate
+from .relational_linear import relational_linear
 
-__all__ = ["knn_graph", "radius_graph", "radius_knn_graph", "relational_aggregate"]
+__all__ = ["knn_graph", "radius_graph", "radius_knn_graph", "relational_aggregate", "relational_linear"]
