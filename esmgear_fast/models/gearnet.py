@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..nn.geometric_relational_graph_conv import GeometricRelationalGraphConv
+from ..ops.relational_csr import relational_csr
 
 
 def residue_one_hot(residue_type: torch.Tensor, num_classes: int = 21) -> torch.Tensor:
@@ -101,6 +102,11 @@ class GearNet(nn.Module):
     ``batch`` [N] sorted protein index (``None``: one protein), ``num_graphs`` B (default
     ``batch.max() + 1``), ``edge_weight`` [E] (default 1).
 
+    The residue graph is sorted once per forward (:func:`esmgear_fast.ops.relational_csr`) and
+    shared by all node layers; ``fused`` (default ``None``: whenever the backend offers it) makes
+    the node layers compute ``linear(aggregate)`` with the fused
+    :func:`esmgear_fast.ops.relational_linear`, see :class:`~esmgear_fast.nn.GeometricRelationalGraphConv`.
+
     Returns ``{"node_feature": [N, D_out], "graph_feature": [B, D_out]}`` with ``D_out =
     sum(hidden_dims)`` when ``concat_hidden`` else ``hidden_dims[-1]``.
 
@@ -125,6 +131,7 @@ class GearNet(nn.Module):
         readout: str = "sum",
         activation="relu",
         backend: Optional[str] = None,
+        fused: Optional[bool] = None,
     ):
         super().__init__()
         if readout not in ("sum", "mean"):
@@ -144,7 +151,7 @@ class GearNet(nn.Module):
 
         self.layers = nn.ModuleList(
             GeometricRelationalGraphConv(self.dims[i], self.dims[i + 1], num_relation, batch_norm=batch_norm,
-                                         activation=activation, backend=backend)
+                                         activation=activation, backend=backend, fused=fused)
             for i in range(len(self.dims) - 1)
         )
         if num_angle_bin:
@@ -196,8 +203,11 @@ class GearNet(nn.Module):
             edge_input = edge_feature.float()
             n = x.size(0)
             out_row = edge_index[1] * self.num_relation + edge_type
+        # The residue graph is sorted for the message-passing kernels once; every layer (forward and
+        # backward) reuses it.
+        csr = relational_csr(edge_index, edge_type, x.size(0), self.num_relation)
         for i, layer in enumerate(self.layers):
-            hidden = layer(layer_input, edge_index, edge_type, edge_weight)
+            hidden = layer(layer_input, edge_index, edge_type, edge_weight, csr=csr)
             if self.short_cut and hidden.shape == layer_input.shape:
                 hidden = hidden + layer_input
             if self.num_angle_bin:

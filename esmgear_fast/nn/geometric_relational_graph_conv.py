@@ -5,6 +5,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import ops
+from ..backend import BackendUnavailableError, resolve
+from ..ops.relational_csr import RelationalCSR
+from ..ops.relational_linear import BACKENDS as FUSED_BACKENDS
+from ..ops.relational_linear import BACKENDS_CUDA as FUSED_BACKENDS_CUDA
 
 
 def _activation(activation: Union[str, Callable, None]) -> Optional[Callable]:
@@ -40,7 +44,16 @@ class GeometricRelationalGraphConv(nn.Module):
 
     Shapes: ``forward(x [N, input_dim], edge_index [2, E] (row 0 source j, row 1 target i),
     edge_type [E] in [0, num_relation), edge_weight [E] or None, edge_feature [E, edge_input_dim]
-    or None) -> [N, output_dim]``. Works from plain PyTorch / PyG code.
+    or None, csr=None) -> [N, output_dim]``. Works from plain PyTorch / PyG code (a PyG
+    ``edge_index`` already has this orientation). ``csr``: the graph's
+    :func:`esmgear_fast.ops.relational_csr`, built once and shared by all layers on that graph
+    (else each call sorts the edges itself).
+
+    Fusion (``fused``): ``None`` (default) computes ``linear(aggregate)`` with the fused
+    :func:`esmgear_fast.ops.relational_linear` whenever the layer's backend offers it on x's device
+    (extension on CPU, Triton) and there are no edge features; the [N, R*input_dim] aggregate is
+    then never stored (nor saved for backward). ``True`` requires it, ``False`` always runs the
+    unfused aggregate-then-Linear path. Results agree to floating-point rounding.
 
     Note: TorchDrug's positional order is ``(input_dim, output_dim, num_relation,
     edge_input_dim, batch_norm, activation)``; here ``edge_input_dim`` is a keyword argument.
@@ -55,6 +68,7 @@ class GeometricRelationalGraphConv(nn.Module):
         activation: Union[str, Callable, None] = "relu",
         edge_input_dim: Optional[int] = None,
         backend: Optional[str] = None,
+        fused: Optional[bool] = None,
     ):
         super().__init__()
         self.input_dim = input_dim
@@ -62,6 +76,7 @@ class GeometricRelationalGraphConv(nn.Module):
         self.num_relation = num_relation
         self.edge_input_dim = edge_input_dim
         self.backend = backend
+        self.fused = fused
         self.batch_norm = nn.BatchNorm1d(output_dim) if batch_norm else None
         self.activation = _activation(activation)
         self.self_loop = nn.Linear(input_dim, output_dim)
@@ -80,10 +95,12 @@ class GeometricRelationalGraphConv(nn.Module):
         edge_type: torch.Tensor,
         edge_weight: Optional[torch.Tensor] = None,
         edge_feature: Optional[torch.Tensor] = None,
+        csr: Optional[RelationalCSR] = None,
     ) -> torch.Tensor:
         """The [N, num_relation * input_dim] relation-wise neighbour sums (TorchDrug's
         ``message_and_aggregate``)."""
-        update = ops.relational_aggregate(x, edge_index, edge_type, self.num_relation, edge_weight, backend=self.backend)
+        update = ops.relational_aggregate(x, edge_index, edge_type, self.num_relation, edge_weight,
+                                          backend=self.backend, csr=csr)
         if self.edge_linear is not None:
             if edge_feature is None:
                 raise ValueError("GeometricRelationalGraphConv: edge_input_dim is set, so edge_feature is required")
@@ -97,7 +114,24 @@ class GeometricRelationalGraphConv(nn.Module):
         return update
 
     def combine(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-        output = self.linear(update) + self.self_loop(x)
+        return self._finish(self.linear(update) + self.self_loop(x))
+
+    def uses_fused(self, x: torch.Tensor, edge_feature: Optional[torch.Tensor] = None) -> bool:
+        """Whether :meth:`forward` takes the fused path for this input (see the class docstring)."""
+        if self.fused is False or self.edge_linear is not None:
+            if self.fused and self.edge_linear is not None:
+                raise ValueError("GeometricRelationalGraphConv: fused=True is not possible with edge features")
+            return False
+        if self.fused:
+            return True
+        offered = FUSED_BACKENDS_CUDA if x.device.type == "cuda" else FUSED_BACKENDS
+        try:
+            chosen = resolve("relational_linear", self.backend, x.device, offered)
+        except BackendUnavailableError:
+            return False
+        return chosen != "reference" and not (chosen == "triton" and x.dtype == torch.float64)
+
+    def _finish(self, output: torch.Tensor) -> torch.Tensor:
         if self.batch_norm is not None:
             output = self.batch_norm(output)
         if self.activation is not None:
@@ -111,12 +145,18 @@ class GeometricRelationalGraphConv(nn.Module):
         edge_type: torch.Tensor,
         edge_weight: Optional[torch.Tensor] = None,
         edge_feature: Optional[torch.Tensor] = None,
+        csr: Optional[RelationalCSR] = None,
     ) -> torch.Tensor:
-        if x.dim() != 2 or x.size(1) != self.input_dim:
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.size(1) != self.input_dim:
             raise ValueError(
-                f"GeometricRelationalGraphConv: x must have shape [N, {self.input_dim}], got {list(x.shape)}"
+                f"GeometricRelationalGraphConv: x must have shape [N, {self.input_dim}], got "
+                f"{list(getattr(x, 'shape', []))}"
             )
-        return self.combine(x, self.aggregate(x, edge_index, edge_type, edge_weight, edge_feature))
+        if self.uses_fused(x, edge_feature):
+            update = ops.relational_linear(x, edge_index, edge_type, self.num_relation, self.linear.weight,
+                                           self.linear.bias, edge_weight, backend=self.backend, csr=csr)
+            return self._finish(update + self.self_loop(x))
+        return self.combine(x, self.aggregate(x, edge_index, edge_type, edge_weight, edge_feature, csr))
 
     def extra_repr(self) -> str:
         return f"input_dim={self.input_dim}, output_dim={self.output_dim}, num_relation={self.num_relation}"
