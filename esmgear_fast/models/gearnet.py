@@ -1,6 +1,5 @@
 """GearNet (Zhang et al., 2022), the structure encoder of ESM-GearNet, with TorchDrug's exact forward
 and parameter names."""
-import math
 from collections.abc import Sequence
 from typing import Dict, Mapping, Optional, Union
 
@@ -9,6 +8,8 @@ from torch import nn
 
 from ..nn.geometric_relational_graph_conv import GeometricRelationalGraphConv
 from ..ops.relational_csr import relational_csr
+# GearNet-Edge's line graph is the compiled op; re-exported here (esmgear_fast.models.spatial_line_graph).
+from ..ops.spatial_line_graph import spatial_line_graph
 
 
 def residue_one_hot(residue_type: torch.Tensor, num_classes: int = 21) -> torch.Tensor:
@@ -44,38 +45,6 @@ def gearnet_edge_feature(residue_type: torch.Tensor, pos: torch.Tensor, edge_ind
         one_hot(seq, max_seq_dist + 1),
         dist.float().unsqueeze(-1),
     ], dim=-1)
-
-
-def spatial_line_graph(pos: torch.Tensor, edge_index: torch.Tensor, num_angle_bin: int = 8):
-    """GearNet's spatial line graph (TorchDrug's ``SpatialLineGraph``).
-
-    Its nodes are the E edges of the residue graph; for every pair of edges ``a = (k -> j)`` and
-    ``b = (j -> i)`` meeting at residue j there is a line-graph edge a -> b whose relation is the
-    angle between ``pos_i - pos_j`` and ``pos_k - pos_j`` (in [0, pi]) cut into ``num_angle_bin``
-    equal bins. Returns ``(line_edge_index [2, L], line_edge_type [L])``, grouped by the shared
-    residue j (L = sum over j of in-degree(j) * out-degree(j)).
-    """
-    source, target = edge_index[0], edge_index[1]
-    num_nodes = pos.size(0)
-    num_edges = source.numel()
-    ids = torch.arange(num_edges, device=source.device)
-    by_target = ids[torch.argsort(target, stable=True)]  # edges ending at j, grouped by j
-    by_source = ids[torch.argsort(source, stable=True)]  # edges starting at j, grouped by j
-    n_in = torch.bincount(target, minlength=num_nodes)
-    n_out = torch.bincount(source, minlength=num_nodes)
-    pairs = n_in * n_out
-    total = int(pairs.sum())
-    node = torch.repeat_interleave(torch.arange(num_nodes, device=source.device), pairs)
-    local = torch.arange(total, device=source.device) - (pairs.cumsum(0) - pairs)[node]
-    fan_out = n_out[node]
-    first = by_target[(n_in.cumsum(0) - n_in)[node] + torch.div(local, fan_out, rounding_mode="floor")]
-    second = by_source[(n_out.cumsum(0) - n_out)[node] + local % fan_out]
-    j = source[second]
-    v1 = pos[target[second]] - pos[j]
-    v2 = pos[source[first]] - pos[j]
-    angle = torch.atan2(torch.linalg.cross(v1, v2).norm(dim=-1), (v1 * v2).sum(-1))
-    relation = (angle / math.pi * num_angle_bin).long().clamp(max=num_angle_bin - 1)
-    return torch.stack([first, second]), relation
 
 
 class GearNet(nn.Module):
@@ -116,6 +85,9 @@ class GearNet(nn.Module):
     residue graph, starting from the :func:`gearnet_edge_feature` features; layer i adds
     ``act(layers[i].linear(sum of edge hidden states into (target, relation) blocks))`` to the node
     update before the second BatchNorm, exactly as TorchDrug does.
+    The line graph is built in every forward by the compiled op
+    :func:`esmgear_fast.ops.spatial_line_graph.spatial_line_graph` (``backend`` applies to it as to the
+    layers' aggregation).
     """
 
     def __init__(
@@ -148,6 +120,7 @@ class GearNet(nn.Module):
         self.concat_hidden = concat_hidden
         self.batch_norm = batch_norm
         self.readout = readout
+        self.backend = backend
 
         self.layers = nn.ModuleList(
             GeometricRelationalGraphConv(self.dims[i], self.dims[i + 1], num_relation, batch_norm=batch_norm,
@@ -199,7 +172,8 @@ class GearNet(nn.Module):
                 if residue_type is None:
                     raise ValueError("GearNet-Edge needs edge_feature or residue_type")
                 edge_feature = gearnet_edge_feature(residue_type, pos, edge_index, edge_type, self.num_relation)
-            line_index, line_type = spatial_line_graph(pos, edge_index, self.num_angle_bin)
+            line_index, line_type = spatial_line_graph(pos, edge_index, self.num_angle_bin, backend=self.backend)
+            line_csr = relational_csr(line_index, line_type, edge_index.size(1), self.num_angle_bin)
             edge_input = edge_feature.float()
             n = x.size(0)
             out_row = edge_index[1] * self.num_relation + edge_type
@@ -213,10 +187,10 @@ class GearNet(nn.Module):
             if self.num_angle_bin:
                 # Edge message passing on the line graph, then each edge's hidden state is summed
                 # into its (target, relation) block and mixed by this layer's own `linear`.
-                edge_hidden = self.edge_layers[i](edge_input, line_index, line_type)
+                edge_hidden = self.edge_layers[i](edge_input, line_index, line_type, csr=line_csr)
                 message = edge_hidden if edge_weight is None else edge_hidden * edge_weight.unsqueeze(-1)
-                update = message.new_zeros(n * self.num_relation, edge_hidden.size(1))
-                update = update.index_add(0, out_row, message)
+                # In place into a fresh buffer: the out-of-place index_add would copy the zeros first.
+                update = message.new_zeros(n * self.num_relation, edge_hidden.size(1)).index_add_(0, out_row, message)
                 update = layer.linear(update.view(n, self.num_relation * edge_hidden.size(1)))
                 if layer.activation is not None:
                     update = layer.activation(update)

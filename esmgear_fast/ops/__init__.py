@@ -5,5 +5,15 @@ from .radius_knn_graph import radius_knn_graph
 from .relational_aggregate import relational_aggregate
 from .relational_csr import RelationalCSR, relational_csr
 from .relational_linear import relational_linear
+from .spatial_line_graph import spatial_line_graph
 
-__all__ = ["knn_graph", "radius_graph", "radius_knn_graph", "relational_aggregate", "RelationalCSR", "relational_csr", "relational_linear"]
+__all__ = [
+    "RelationalCSR",
+    "knn_graph",
+    "radius_graph",
+    "radius_knn_graph",
+    "relational_aggregate",
+    "relational_csr",
+    "relational_linear",
+    "spatial_line_graph",
+]

@@ -128,7 +128,7 @@ def relational_aggregate(
     chosen = resolve("relational_aggregate", backend, x.device, offered)
     if chosen == "reference":
         n = x.size(0)
-        if edge_index.numel() and not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and edge_index.numel():
             if int(edge_index.min()) < 0 or int(edge_index.max()) >= n:
                 raise ValueError(f"relational_aggregate: edge_index has entries outside [0, {n})")
             if int(edge_type.min()) < 0 or int(edge_type.max()) >= num_relation:

@@ -82,7 +82,7 @@ def check_graph(op: str, edge_index, edge_type, num_nodes: int, num_relation: in
                 f"{op}: edge_weight must have shape [E] = [{edge_index.size(1)}], got {list(edge_weight.shape)}")
         if not edge_weight.is_floating_point():
             raise TypeError(f"{op}: edge_weight must be floating point, got {edge_weight.dtype}")
-    if edge_index.numel() and not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and edge_index.numel():
         if int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes:
             raise ValueError(f"{op}: edge_index has entries outside [0, {num_nodes})")
         if int(edge_type.min()) < 0 or int(edge_type.max()) >= num_relation:

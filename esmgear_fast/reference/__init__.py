@@ -7,5 +7,13 @@ from .radius_graph import radius_graph
 from .radius_knn_graph import radius_knn_graph
 from .relational_aggregate import relational_aggregate
 from .relational_linear import relational_linear
+from .spatial_line_graph import spatial_line_graph
 
-__all__ = ["knn_graph", "radius_graph", "radius_knn_graph", "relational_aggregate", "relational_linear"]
+__all__ = [
+    "knn_graph",
+    "radius_graph",
+    "radius_knn_graph",
+    "relational_aggregate",
+    "relational_linear",
+    "spatial_line_graph",
+]
