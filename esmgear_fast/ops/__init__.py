@@ -5,3 +5,6 @@ from .radius_knn_graph import radius_knn_graph
 from .relational_aggregate import relational_aggregate
 
 __all__ = ["knn_graph", "radius_graph", "radius_knn_graph", "relational_aggregate"]
+from .gvp import GVPWeights, gvp, gvp_conv_message
+
+__all__ += ["GVPWeights", "gvp", "gvp_conv_message"]
