@@ -1,4 +1,5 @@
 """Public functional ops. Each op: documented wrapper, fake kernel, autograd, backend choice."""
+from .gvp import GVPWeights, gvp, gvp_conv_message
 from .knn_graph import knn_graph
 from .radius_graph import radius_graph
 from .radius_knn_graph import radius_knn_graph
@@ -8,7 +9,10 @@ from .relational_linear import relational_linear
 from .spatial_line_graph import spatial_line_graph
 
 __all__ = [
+    "GVPWeights",
     "RelationalCSR",
+    "gvp",
+    "gvp_conv_message",
     "knn_graph",
     "radius_graph",
     "radius_knn_graph",

@@ -2,6 +2,7 @@
 
 Written to be read, not to be fast. Every compiled or Triton kernel is tested against these.
 """
+from .gvp import GVPWeights, gvp, gvp_conv_message
 from .knn_graph import knn_graph
 from .radius_graph import radius_graph
 from .radius_knn_graph import radius_knn_graph
@@ -10,6 +11,9 @@ from .relational_linear import relational_linear
 from .spatial_line_graph import spatial_line_graph
 
 __all__ = [
+    "GVPWeights",
+    "gvp",
+    "gvp_conv_message",
     "knn_graph",
     "radius_graph",
     "radius_knn_graph",
