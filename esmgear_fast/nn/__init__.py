@@ -3,3 +3,5 @@ from .gearnet_graph import GearNetGraph, gearnet_graph
 from .geometric_relational_graph_conv import GeometricRelationalGraphConv
 
 __all__ = ["GearNetGraph", "GeometricRelationalGraphConv", "gearnet_graph"]
+from .cdconv import CDConv
+__all__ += ["CDConv"]
