@@ -1,4 +1,5 @@
 """Public functional ops. Each op: documented wrapper, fake kernel, autograd, backend choice."""
+from .cdconv import cdconv
 from .gvp import GVPWeights, gvp, gvp_conv_message
 from .knn_graph import knn_graph
 from .radius_graph import radius_graph
@@ -11,6 +12,7 @@ from .spatial_line_graph import spatial_line_graph
 __all__ = [
     "GVPWeights",
     "RelationalCSR",
+    "cdconv",
     "gvp",
     "gvp_conv_message",
     "knn_graph",

@@ -2,6 +2,7 @@
 
 Written to be read, not to be fast. Every compiled or Triton kernel is tested against these.
 """
+from .cdconv import cdconv, cdconv_kernel_weights
 from .gvp import GVPWeights, gvp, gvp_conv_message
 from .knn_graph import knn_graph
 from .radius_graph import radius_graph
@@ -12,6 +13,8 @@ from .spatial_line_graph import spatial_line_graph
 
 __all__ = [
     "GVPWeights",
+    "cdconv",
+    "cdconv_kernel_weights",
     "gvp",
     "gvp_conv_message",
     "knn_graph",
