@@ -360,6 +360,7 @@ def main() -> None:
             if args.edge_breakdown:
                 breakdown += gearnet_edge_breakdown(batch, device, args.width, args.depth, args.repeats)
         tasks, num_edges, saved = implementations(batch, device, args.width, args.depth, edge=edge)
+        done = len(rows)
         for (task, mode), impls in tasks.items():
             res = measure(impls, device, repeats=args.repeats, warmup=1)
             for name, r in res.items():
@@ -371,6 +372,8 @@ def main() -> None:
                 if "peak_mem_mb" in r and res["torchdrug_style"].get("peak_mem_mb"):
                     row["mem_vs_torchdrug_style"] = r["peak_mem_mb"] / res["torchdrug_style"]["peak_mem_mb"]
                 rows.append(row)
+        # Written per batch size, so a later size that runs out of memory keeps the earlier rows.
+        path = write_jsonl(rows[done:], info, "bench_gearnet", args.out)
     columns = ["task", "mode", "proteins", "residues", "impl", "median_ms", "speedup_vs_torchdrug_style", "saved_mb"]
     if device.type == "cuda":
         columns += ["peak_mem_mb", "mem_vs_torchdrug_style"]
@@ -378,8 +381,7 @@ def main() -> None:
     if breakdown:
         print("# GearNet-Edge time by part (each timed alone; node/edge layers, full and gemm are fwd+bwd)")
         print_table(breakdown, ["proteins", "edges", "line_edges", "part", "impl", "median_ms", "gemm_share"])
-        rows += breakdown
-    path = write_jsonl(rows, info, "bench_gearnet", args.out)
+        path = write_jsonl(breakdown, info, "bench_gearnet", args.out)
     print(f"# results appended to {path}")
 
 
