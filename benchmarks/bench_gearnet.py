@@ -4,9 +4,11 @@ Tasks, each forward (`fwd`) and forward+backward (`fwd+bwd`), at batch sizes 2, 
   layer    one GeometricRelationalGraphConv, 512 -> 512, R = 7 (input features random)
   gearnet  the 6 x 512 GearNet (input: 21-dim one-hot residues, batch norm, shortcut, concat)
 Graphs come from GearNetGraph on real chains. Implementations, with identical parameters:
-  extension          esmgear_fast default: fused C++ relational_linear (aggregate tile by tile, GEMM per
-                     tile; the layer row sorts the graph per call, GearNet once per forward)
-  extension_unfused  esmgear_fast with fused=False: C++ relational_aggregate into [N, R*D], then Linear
+  extension          esmgear_fast default: the fused C++ relational_linear when the [N, R*D] aggregate
+                     takes >= 64 MB, else the unfused path (the layer row sorts the graph per call,
+                     GearNet once per forward)
+  extension_fused    fused=True: C++ relational_linear (aggregate tile by tile, GEMM per tile)
+  extension_unfused  fused=False: C++ relational_aggregate into [N, R*D], then Linear
   reference          esmgear_fast's plain-PyTorch reference aggregation (index_add), then Linear
   torchdrug_style    TorchDrug's computation: sparse [N, N*R] COO adjacency, torch.sparse.mm, Linear
   gemm_only          (layer only) just the [N, R*D] x [R*D, D'] product of the layer's Linear on a fixed
@@ -134,6 +136,7 @@ def implementations(batch, device, width, depth, edge=False):
     runs = {
         "layer": {
             "extension": lambda: layer_fn("extension"),
+            "extension_fused": lambda: layer_fn("extension", fused=True),
             "extension_unfused": lambda: layer_fn("extension", fused=False),
             "reference": lambda: layer_fn("reference"),
             "torchdrug_style": lambda: torchdrug_layer(layer, x_layer, graph),
@@ -141,6 +144,7 @@ def implementations(batch, device, width, depth, edge=False):
         },
         "gearnet": {
             "extension": lambda: model_fn("extension")["graph_feature"],
+            "extension_fused": lambda: model_fn("extension", fused=True)["graph_feature"],
             "extension_unfused": lambda: model_fn("extension", fused=False)["graph_feature"],
             "reference": lambda: model_fn("reference")["graph_feature"],
             "torchdrug_style": lambda: torchdrug_gearnet(model, x_model, graph, b, nb)["graph_feature"],

@@ -19,6 +19,9 @@ def _activation(activation: Union[str, Callable, None]) -> Optional[Callable]:
     return activation
 
 
+# Aggregate size from which the CPU fused kernel is used by default (see uses_fused).
+FUSED_CPU_MIN_BYTES = 64 * 2**20
+
 class GeometricRelationalGraphConv(nn.Module):
     r"""GearNet's relational graph convolution, with TorchDrug's semantics and parameter names.
 
@@ -51,8 +54,9 @@ class GeometricRelationalGraphConv(nn.Module):
 
     Fusion (``fused``): ``None`` (default) computes ``linear(aggregate)`` with the fused
     :func:`esmgear_fast.ops.relational_linear` whenever the layer's backend offers it on x's device
-    (extension on CPU, Triton) and there are no edge features; the [N, R*input_dim] aggregate is
-    then never stored (nor saved for backward). ``True`` requires it, ``False`` always runs the
+    and there are no edge features: always with Triton; with the C++ CPU kernel only when the
+    [N, R*input_dim] aggregate would take at least 64 MB (below that the unfused path is faster on
+    CPU). The aggregate is then never stored (nor saved for backward). ``True`` requires it, ``False`` always runs the
     unfused aggregate-then-Linear path. Results agree to floating-point rounding.
 
     Note: TorchDrug's positional order is ``(input_dim, output_dim, num_relation,
@@ -129,6 +133,11 @@ class GeometricRelationalGraphConv(nn.Module):
             chosen = resolve("relational_linear", self.backend, x.device, offered)
         except BackendUnavailableError:
             return False
+        if chosen == "extension":
+            # Measured on CPU (benchmarks/bench_gearnet.py): the C++ fused kernel is 5-25 % slower
+            # than aggregate-then-GEMM while the aggregate is small, and as fast or faster (storing
+            # 2-4x less for backward) once the [N, R*D] aggregate reaches tens of MB.
+            return x.size(0) * self.num_relation * x.size(1) * x.element_size() >= FUSED_CPU_MIN_BYTES
         return chosen != "reference" and not (chosen == "triton" and x.dtype == torch.float64)
 
     def _finish(self, output: torch.Tensor) -> torch.Tensor:

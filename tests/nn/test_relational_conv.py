@@ -168,7 +168,11 @@ def test_fused_saves_no_aggregate_for_backward(graph):
 
 def test_fused_choice():
     x = torch.randn(3, 4)
-    assert GeometricRelationalGraphConv(4, 5, 2, backend="extension").uses_fused(x)
+    # On CPU the fused C++ kernel is the default only for large aggregates (>= 64 MB).
+    assert not GeometricRelationalGraphConv(4, 5, 2, backend="extension").uses_fused(x)
+    assert GeometricRelationalGraphConv(4, 5, 2, backend="extension", fused=True).uses_fused(x)
+    big = GeometricRelationalGraphConv(512, 5, 8, backend="extension")
+    assert big.uses_fused(torch.empty(4096, 512)) and not big.uses_fused(torch.empty(4095, 512))
     assert not GeometricRelationalGraphConv(4, 5, 2, backend="reference").uses_fused(x)
     assert not GeometricRelationalGraphConv(4, 5, 2, backend="extension", fused=False).uses_fused(x)
     assert not GeometricRelationalGraphConv(4, 5, 2, edge_input_dim=3).uses_fused(x)
