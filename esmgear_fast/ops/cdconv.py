@@ -21,6 +21,7 @@ from .. import _extension  # noqa: F401  (loads the compiled kernels)
 from .. import reference
 from ..backend import resolve
 from ..reference.cdconv import LEAKY_SLOPE, compute_dtype, edge_features
+from ._checks import check_index_range
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INDEX_DTYPES = (torch.int64, torch.int32)
@@ -201,11 +202,8 @@ def _check_inputs(x, pos, frame, seq, edge_index, weights, biases, weight, radiu
     if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not math.isfinite(radius) or radius <= 0:
         raise ValueError(f"{op}: radius must be a finite number > 0, got {radius!r}")
 
+    check_index_range(op, "edge_index", edge_index, n)
     if not torch.compiler.is_compiling():
-        if edge_index.numel():
-            lo, hi = int(edge_index.min()), int(edge_index.max())
-            if lo < 0 or hi >= n:
-                raise ValueError(f"{op}: edge_index has entries outside [0, {n}) (min {lo}, max {hi})")
         for name, t in (("x", x), ("pos", pos), ("frame", frame)):
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"{op}: {name} contains NaN or infinite values")

@@ -14,6 +14,7 @@ from .. import _extension  # noqa: F401  (loads the compiled ops)
 from .. import reference
 from ..backend import BackendUnavailableError, resolve
 from ..reference.gvp import ACTIVATIONS, GVPWeights
+from ._checks import check_index_range
 
 __all__ = ["GVPWeights", "gvp", "gvp_conv_message"]
 
@@ -159,10 +160,7 @@ def check_conv_inputs(op, s, v, edge_s, edge_v, edge_index, gvps, num_nodes):
     n = s.size(0) if num_nodes is None else int(num_nodes)
     if n != s.size(0):
         raise ValueError(f"{op}: num_nodes={n} but s has {s.size(0)} rows")
-    if num_edges and not torch.compiler.is_compiling():
-        lo, hi = int(edge_index.min()), int(edge_index.max())
-        if lo < 0 or hi >= n:
-            raise ValueError(f"{op}: edge_index has entries outside [0, {n}) (min {lo}, max {hi})")
+    check_index_range(op, "edge_index", edge_index, n)
     return n, edge_index.long()
 
 

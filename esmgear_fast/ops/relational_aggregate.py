@@ -6,6 +6,7 @@ from .. import _extension  # noqa: F401  (loads the compiled kernels)
 from .. import reference
 from ..backend import resolve
 from .relational_csr import RelationalCSR, check_csr_matches, csr_aggregate, relational_csr, sorted_weight
+from ._checks import check_index_range
 
 # Fastest first, per device. On CPU the Triton backend exists only under TRITON_INTERPRET=1 (for
 # tests), so the C++ kernel leads; on GPU the Triton kernel uses the precomputed CSR while the CUDA
@@ -127,12 +128,8 @@ def relational_aggregate(
     offered = BACKENDS_CUDA if x.device.type == "cuda" else BACKENDS
     chosen = resolve("relational_aggregate", backend, x.device, offered)
     if chosen == "reference":
-        n = x.size(0)
-        if not torch.compiler.is_compiling() and edge_index.numel():
-            if int(edge_index.min()) < 0 or int(edge_index.max()) >= n:
-                raise ValueError(f"relational_aggregate: edge_index has entries outside [0, {n})")
-            if int(edge_type.min()) < 0 or int(edge_type.max()) >= num_relation:
-                raise ValueError(f"relational_aggregate: edge_type has entries outside [0, {num_relation})")
+        check_index_range("relational_aggregate", "edge_index", edge_index, x.size(0))
+        check_index_range("relational_aggregate", "edge_type", edge_type, num_relation)
         if csr is not None and csr.weight is not None:
             if edge_weight is not None:
                 raise ValueError("relational_aggregate: edge_weight given both to relational_csr and to the call")

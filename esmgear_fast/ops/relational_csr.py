@@ -11,6 +11,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .. import _extension  # noqa: F401  (loads the compiled kernels)
+from ._checks import check_index_range
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -82,11 +83,9 @@ def check_graph(op: str, edge_index, edge_type, num_nodes: int, num_relation: in
                 f"{op}: edge_weight must have shape [E] = [{edge_index.size(1)}], got {list(edge_weight.shape)}")
         if not edge_weight.is_floating_point():
             raise TypeError(f"{op}: edge_weight must be floating point, got {edge_weight.dtype}")
+    check_index_range(op, "edge_index", edge_index, num_nodes)
+    check_index_range(op, "edge_type", edge_type, num_relation)
     if not torch.compiler.is_compiling() and edge_index.numel():
-        if int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes:
-            raise ValueError(f"{op}: edge_index has entries outside [0, {num_nodes})")
-        if int(edge_type.min()) < 0 or int(edge_type.max()) >= num_relation:
-            raise ValueError(f"{op}: edge_type has entries outside [0, {num_relation})")
         if edge_weight is not None and not bool(torch.isfinite(edge_weight).all()):
             raise ValueError(f"{op}: edge_weight has NaN or infinite entries")
 
