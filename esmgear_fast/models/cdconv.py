@@ -295,6 +295,9 @@ class CDConv(nn.Module):
         if x.dim() != 2 or x.shape != (num_nodes, self.input_dim):
             raise ValueError(f"CDConv encoder: x must be [N={num_nodes}, input_dim={self.input_dim}], "
                              f"got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"CDConv encoder: x must be a floating-point tensor (e.g. one-hot residues as float), "
+                            f"got {x.dtype}")
         if residue_number.dim() != 1 or residue_number.shape[0] != num_nodes:
             raise ValueError(f"CDConv encoder: residue_number must be [N={num_nodes}], "
                              f"got {tuple(residue_number.shape)}")

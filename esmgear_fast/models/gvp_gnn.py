@@ -156,6 +156,8 @@ class GVPGNN(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.size(1) != self.input_dim:
             raise ValueError(f"GVPGNN: x must be [N, input_dim={self.input_dim}], got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"GVPGNN: x must be a floating-point tensor (e.g. one-hot residues as float), got {x.dtype}")
         if not isinstance(pos, torch.Tensor) or tuple(pos.shape) != (x.size(0), 3):
             raise ValueError(f"GVPGNN: pos must be [N, 3] = [{x.size(0)}, 3] (one C-alpha per row of x), got "
                              f"{tuple(pos.shape) if isinstance(pos, torch.Tensor) else type(pos).__name__}")

@@ -489,3 +489,10 @@ def test_full_size_encoder_loads_original_state_dict():
     assert torch.equal(model.layers[7].conv.W, peer.layers[7].conv.W)
     assert math.isclose(sum(p.numel() for p in model.parameters()),
                         sum(p.numel() for p in peer.parameters()) - 16)
+
+
+def test_integer_input_is_a_clear_error():
+    from esmgear_fast.models import CDConv as CDConvEncoder
+
+    with pytest.raises(TypeError, match="floating-point"):
+        CDConvEncoder(input_dim=21)(torch.zeros(5, 21, dtype=torch.long), torch.randn(5, 3), torch.arange(5))

@@ -371,3 +371,8 @@ def test_bench_gvp_smoke(tmp_path):
             assert {(task, mode, "esmgear_fast"), (task, mode, "plain_pytorch")} <= impls
     for r in rows:
         assert r["median_ms"] > 0 and r["proteins"] == 2
+
+
+def test_integer_input_is_a_clear_error():
+    with pytest.raises(TypeError, match="floating-point"):
+        GVPGNN(input_dim=21)(torch.zeros(5, 21, dtype=torch.long), torch.randn(5, 3))
