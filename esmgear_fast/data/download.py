@@ -198,6 +198,4 @@ def missing_data_error(
         f"  (e.g. esmgear_fast.data.download.download_url(URL, DEST_DIR), then unpack the archive into the path "
         f"above). Loaders never download on their own."
     )
-    error = FileNotFoundError(message)
-    error.filename = os.fspath(path)
-    return error
+    return FileNotFoundError(message)
