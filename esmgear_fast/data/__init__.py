@@ -14,5 +14,6 @@ Example::
 """
 from .batch import ProteinBatch, collate
 from .cache import ProteinCache, write_cache
+from .samples import collate_samples, move_to
 
-__all__ = ["ProteinBatch", "ProteinCache", "collate", "write_cache"]
+__all__ = ["ProteinBatch", "ProteinCache", "collate", "collate_samples", "move_to", "write_cache"]
