@@ -20,7 +20,8 @@ Sampling rules (TorchDrug 0.2.1 semantics, differences noted):
   ``k != j`` and ``t != i`` (TorchDrug's removal of line-graph self loops and reversed edges). With
   ``exclude_self_loops`` (our default) self-loop edges (``i -> i``, relation 2 of GearNet's graph)
   are never drawn: TorchDrug draws them, giving zero-length distances and degenerate angles (θ = 0).
-  Candidates are counted exactly and drawn without building the (second) line graph, so the cost is
+  Proteins with fewer than ``min_residues`` residues are skipped (dihedral: 4, the fewest that can
+  form a path of four distinct residues). Candidates are counted exactly and drawn without building the (second) line graph, so the cost is
   O(E log E) whatever the degree. A protein without any candidate is skipped; the number of skipped
   proteins is returned so the task can log it, and a batch where every protein is skipped raises
   :class:`ValueError`.
@@ -196,35 +197,41 @@ def _pick_excluding(rowptr_start, degree, block_lo, block_len, order):
     return order[pos]
 
 
-def _candidates(edge_index: torch.Tensor, exclude_self_loops: bool) -> torch.Tensor:
+def _candidates(edge_index: torch.Tensor, exclude_self_loops: bool, node_batch: torch.Tensor,
+                num_proteins: int, min_residues: int) -> torch.Tensor:
+    """Edges that may be drawn: no self loops (when excluded), only in proteins of >= ``min_residues``."""
+    ok = torch.ones(edge_index.size(1), dtype=torch.bool, device=edge_index.device)
     if exclude_self_loops:
-        return (edge_index[0] != edge_index[1]).nonzero().squeeze(1)
-    return torch.arange(edge_index.size(1), device=edge_index.device)
+        ok &= edge_index[0] != edge_index[1]
+    if min_residues > 1:
+        size = torch.bincount(node_batch, minlength=num_proteins)
+        ok &= size[node_batch[edge_index[1]]] >= min_residues
+    return ok.nonzero().squeeze(1)
 
 
 def sample_edges(graph, node_batch: torch.Tensor, num_proteins: int, num_sample: int,
-                 exclude_self_loops: bool = True):
+                 exclude_self_loops: bool = True, min_residues: int = 1):
     """``num_sample`` edge ids per protein (uniform, with replacement).
 
     Returns ``(edges [B', S], proteins [B'], skipped)``: the edge ids into ``graph``, the proteins they
     belong to, and how many proteins had no candidate edge.
     """
     edge_index = _check_graph(graph, node_batch.numel())
-    cand = _candidates(edge_index, exclude_self_loops)
+    cand = _candidates(edge_index, exclude_self_loops, node_batch, num_proteins, min_residues)
     weight = torch.ones(cand.numel(), dtype=torch.long, device=edge_index.device)
     picked, groups, skipped = _draw(weight, node_batch[edge_index[1, cand]], num_proteins, num_sample)
     return cand[picked], groups, skipped
 
 
 def sample_edge_pairs(graph, node_batch: torch.Tensor, num_proteins: int, num_sample: int,
-                      exclude_self_loops: bool = True):
+                      exclude_self_loops: bool = True, min_residues: int = 1):
     """``num_sample`` adjacent edge pairs ``(a = k->j, b = j->i)``, ``k != i``, per protein (uniform).
 
     Returns ``(a [B', S], b [B', S], proteins [B'], skipped)`` (edge ids into ``graph``).
     """
     edge_index = _check_graph(graph, node_batch.numel())
     N = node_batch.numel()
-    cand = _candidates(edge_index, exclude_self_loops)
+    cand = _candidates(edge_index, exclude_self_loops, node_batch, num_proteins, min_residues)
     src, dst = edge_index[0, cand], edge_index[1, cand]
     # in-edges of every node, sorted by (target, source): the in-edges of j from i are one block
     in_order, in_key, in_ptr = _csr(dst * N + src, dst, N)
@@ -240,14 +247,14 @@ def sample_edge_pairs(graph, node_batch: torch.Tensor, num_proteins: int, num_sa
 
 
 def sample_edge_paths(graph, node_batch: torch.Tensor, num_proteins: int, num_sample: int,
-                      exclude_self_loops: bool = True):
+                      exclude_self_loops: bool = True, min_residues: int = 1):
     """``num_sample`` three-edge paths ``(a = k->t, b = t->j, c = j->i)``, ``k != j``, ``t != i``, per protein.
 
     Returns ``(a, b, c [B', S], proteins [B'], skipped)`` (edge ids into ``graph``).
     """
     edge_index = _check_graph(graph, node_batch.numel())
     N = node_batch.numel()
-    cand = _candidates(edge_index, exclude_self_loops)
+    cand = _candidates(edge_index, exclude_self_loops, node_batch, num_proteins, min_residues)
     src, dst = edge_index[0, cand], edge_index[1, cand]
     in_order, in_key, in_ptr = _csr(dst * N + src, dst, N)      # grouped by target, then source
     out_order, out_key, out_ptr = _csr(src * N + dst, src, N)   # grouped by source, then target

@@ -24,6 +24,7 @@ class AnglePrediction(PretrainTask):
     """Sample ``num_sample`` adjacent edge pairs ``(k->j, j->i)`` per protein, remove both edges, classify
     the angle ∠ijk into ``num_class`` bins from an MLP on ``[h_i ‖ h_j ‖ h_k]`` (cross entropy).
 
+    Proteins without such a pair (fewer than 3 residues) are skipped and counted (``skipped_proteins``).
     ``pred``: ``[S, num_class]`` logits, ``target``: ``[S]`` bins.
     """
 

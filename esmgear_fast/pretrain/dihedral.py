@@ -27,7 +27,9 @@ def dihedral_bins(pos_i, pos_j, pos_t, pos_k, num_class: int = 8) -> torch.Tenso
 class DihedralPrediction(PretrainTask):
     """Sample ``num_sample`` three-edge paths ``(k->t, t->j, j->i)`` per protein, remove the three edges,
     classify the dihedral into ``num_class`` bins from an MLP on ``[h_i ‖ h_j ‖ h_k ‖ h_t]`` (cross entropy;
-    TorchDrug's feature order). ``pred``: ``[S, num_class]`` logits, ``target``: ``[S]`` bins.
+    TorchDrug's feature order). Proteins of fewer than 4 residues are skipped (counted in the logs
+    as ``skipped_proteins``); as in TorchDrug a path may close a triangle (``k == i``, dihedral 0).
+    ``pred``: ``[S, num_class]`` logits, ``target``: ``[S]`` bins.
     """
 
     name = "dihedral"
@@ -48,7 +50,7 @@ class DihedralPrediction(PretrainTask):
         batch = self.crop(batch)
         graph = self.build_graph(batch)
         a, b, c, _, skipped = S.sample_edge_paths(graph, batch.batch, batch.num_proteins, self.num_sample,
-                                                  self.exclude_self_loops)
+                                                  self.exclude_self_loops, min_residues=4)
         a, b, c = a.reshape(-1), b.reshape(-1), c.reshape(-1)
         ei = graph["edge_index"]
         node_k, node_t, node_j, node_i = ei[0, a], ei[0, b], ei[0, c], ei[1, c]
