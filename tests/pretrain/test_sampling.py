@@ -166,7 +166,7 @@ def test_remove_edges_subgraph_mask_edges():
         S.remove_edges(dict(graph, extra=torch.zeros(1)), torch.tensor([0]))
 
     sub = S.subgraph(graph, torch.tensor([1, 2, 3]), 9)
-    expect = [(s - 1, d - 1) for s, d in graph["edge_index"].t().tolist() if s in (1, 2, 3) and d in (1, 2, 3)]
+    expect = [[s - 1, d - 1] for s, d in graph["edge_index"].t().tolist() if s in (1, 2, 3) and d in (1, 2, 3)]
     assert sub["edge_index"].t().tolist() == expect
 
     for _ in range(10):
