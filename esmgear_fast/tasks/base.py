@@ -254,13 +254,22 @@ def build_task(task_cfg, model: nn.Module, dataset) -> nn.Module:
     ``dataset`` provides ``tasks`` (label names, in label-vector order) and ``task_type``; it is
     checked against the head (e.g. ``property`` needs ``task_type == "regression"``). Training-set
     statistics are the engine's business: it calls ``task.preprocess(train_set)`` before training
-    (a checkpoint restores them as buffers instead).
+    (a checkpoint restores them as buffers instead). A pre-training method name
+    (:data:`esmgear_fast.pretrain.METHODS`) builds that method with its default options
+    (``esmgear_fast.pretrain.build_pretrain_task`` takes options).
     """
     cfg = _as_config(task_cfg)
     from . import multiclass as _mc, multiple_binary as _mb, mutation as _mu, property as _pp  # noqa: F401
-    if cfg.name not in TASKS:
-        raise ValueError(f"unknown task {cfg.name!r}; known tasks: {', '.join(sorted(TASKS))}")
-    return TASKS[cfg.name](cfg, model, dataset)
+    if cfg.name in TASKS:
+        return TASKS[cfg.name](cfg, model, dataset)
+    try:
+        from ..pretrain import METHODS, build_pretrain_task
+    except ImportError:  # pragma: no cover - the pre-training package is part of esmgear_fast
+        METHODS, build_pretrain_task = {}, None
+    if cfg.name in METHODS:
+        return build_pretrain_task(cfg.name, model)
+    raise ValueError(f"unknown task {cfg.name!r}; known tasks: {', '.join(sorted(TASKS))}; pre-training "
+                     f"methods: {', '.join(sorted(METHODS))}")
 
 
 def dataset_info(dataset, task: str, allowed_types: Sequence[str]) -> List[str]:
