@@ -9,7 +9,7 @@ Command line::
 * ``INPUT``: structure files (PDB/mmCIF, optionally ``.gz``), folders (recursive), glob patterns, or text
   files of paths (``.txt``/``.list``/``.lst``); see :mod:`esmgear_fast.inference`.
 * ``CKPT``: a train/pretrain checkpoint of this package, a published ESM-GearNet ``.pth`` (``--fusion``
-  tells its fusion, default serial), a ``ModelConfig`` YAML file, or an encoder spec such as
+  checks its fusion; inferred by default), a ``ModelConfig`` YAML file, or an encoder spec such as
   ``"esm=esm2_t33_650M_UR50D,structure=none"`` (ESM-only) or ``"esm=random:tiny,structure=gearnet"``.
 * Output: per-protein embeddings (``graph_feature [B, D]``) and with ``--per-residue`` per-residue ones
   (``node_feature [N, D]`` + ``ptr``), keyed ``"<file>:<chains>"``, with the model config and package
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                     help="autocast precision (default auto: bf16 on CUDA, fp32 on CPU); outputs are float32")
     ap.add_argument("--fusion", choices=("serial", "parallel", "cross"), default=None,
-                    help="fusion of a published ESM-GearNet .pth (default serial)")
+                    help="expected fusion of a published ESM-GearNet .pth (default: inferred from its weights)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap

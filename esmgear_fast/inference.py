@@ -13,8 +13,9 @@
   into batches of at most ``batch_residues`` residues (a longer protein forms a batch of its own).
 * **Model resolution** (:func:`load_model`): one of our train/pretrain checkpoints (``load_task``), a
   published ESM-GearNet ``.pth`` (``load_esm_gearnet``), a ``ModelConfig`` YAML file, an encoder spec string
-  such as ``"esm=random:tiny,structure=gearnet,fusion=serial,hidden_dims=[64,64]"`` (random structure weights,
-  for tests / ESM-only use), or an ``nn.Module`` (an encoder returning ``{"node_feature", "graph_feature"}``
+  such as ``"esm=random:tiny,structure=gearnet,fusion=serial,hidden_dims=[64,64]"`` (random structure weights
+  drawn with ``seed`` (key ``seed=``, default 0), so a spec always gives the same model; ``structure=none`` for
+  ESM-only use), or an ``nn.Module`` (an encoder returning ``{"node_feature", "graph_feature"}``
   from a :class:`~esmgear_fast.data.ProteinBatch`, or a task with a ``model`` attribute and ``predict``).
 * **Atomic output files** (:class:`EmbeddingWriter`, :func:`atomic_write_text`): data is written to a
   hidden ``.<name>.partial-<pid>`` file in the output folder, flushed, fsynced and renamed over the target only
@@ -378,14 +379,13 @@ def parse_model_spec(spec: str) -> Dict[str, Any]:
 
 
 def _model_config_from(fields: Mapping[str, Any], source: str):
-    from omegaconf import OmegaConf
-
     from .models.factory import ModelConfig
 
+    if not isinstance(fields, Mapping):
+        raise ValueError(f"{source}: expected a mapping of ModelConfig fields, got {type(fields).__name__}")
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.create(dict(fields)))
-        return OmegaConf.to_object(cfg)
-    except Exception as exc:  # noqa: BLE001 - OmegaConf errors name the key; add the source
+        return ModelConfig.from_dict(dict(fields))
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"invalid model configuration in {source}: {exc}") from None
 
 
@@ -409,8 +409,8 @@ def load_model(model: Union[str, os.PathLike, nn.Module, "LoadedModel"], *, devi
                fusion: Optional[str] = None) -> LoadedModel:
     """Resolves ``model`` (see the module doc) into a :class:`LoadedModel` in ``eval()`` mode on ``device``.
 
-    ``fusion`` is used for published ESM-GearNet ``.pth`` files only (which do not record it; default
-    ``"serial"``). Raises :class:`ValueError` / :class:`FileNotFoundError` naming the problem otherwise.
+    ``fusion`` is used for published ESM-GearNet ``.pth`` files only (default: inferred from the weights,
+    where serial and parallel differ in the structure encoder's input width). Raises :class:`ValueError` / :class:`FileNotFoundError` naming the problem otherwise.
     """
     if isinstance(model, LoadedModel):
         loaded = model
@@ -426,13 +426,16 @@ def load_model(model: Union[str, os.PathLike, nn.Module, "LoadedModel"], *, devi
         if path.is_file():
             loaded = _load_model_file(path, fusion)
         elif "=" in text:
-            cfg = _model_config_from(parse_model_spec(text), f"model spec {text!r}")
-            from .models.factory import build_model
-
-            loaded = LoadedModel(build_model(cfg), None, {"kind": "spec", "source": text,
-                                                          "model": _config_dict(cfg)})
+            fields = parse_model_spec(text)
+            seed = int(fields.pop("seed", 0) or 0)
+            cfg = _model_config_from(fields, f"model spec {text!r}")
+            loaded = LoadedModel(_build_seeded(cfg, seed), None, {"kind": "spec", "source": text, "seed": seed,
+                                                                  "model": _config_dict(cfg)})
         elif path.is_dir():
-            raise ValueError(f"{text} is a folder; give a checkpoint file (e.g. RUN/checkpoints/best.pt)")
+            best = path / "checkpoints" / "best.pt"
+            if not best.is_file():
+                raise ValueError(f"{text} is a folder without checkpoints/best.pt; give a checkpoint file")
+            loaded = _load_model_file(best, fusion)
         else:
             raise FileNotFoundError(f"{text}: no such checkpoint file, and not an encoder spec "
                                     "(e.g. 'esm=random:tiny,structure=gearnet,fusion=serial')")
@@ -447,6 +450,16 @@ def load_model(model: Union[str, os.PathLike, nn.Module, "LoadedModel"], *, devi
     return loaded
 
 
+def _build_seeded(cfg, seed: int) -> nn.Module:
+    """``build_model(cfg)`` with the global RNG seeded (and restored): random weights are reproducible, so
+    the same spec gives the same embeddings in every process."""
+    from .models.factory import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(cfg)
+
+
 def _load_model_file(path: Path, fusion: Optional[str]) -> LoadedModel:
     if path.suffix.lower() in (".yaml", ".yml"):
         from omegaconf import OmegaConf
@@ -454,32 +467,42 @@ def _load_model_file(path: Path, fusion: Optional[str]) -> LoadedModel:
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
         if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
             raw = raw["model"]  # a whole train config: take its model section
+        raw = dict(raw) if isinstance(raw, Mapping) else raw
+        seed = int(raw.pop("seed", 0) or 0) if isinstance(raw, dict) else 0
         cfg = _model_config_from(raw, str(path))
-        from .models.factory import build_model
-
-        return LoadedModel(build_model(cfg), None, {"kind": "yaml", "source": str(path), "model": _config_dict(cfg)})
+        return LoadedModel(_build_seeded(cfg, seed), None, {"kind": "yaml", "source": str(path), "seed": seed,
+                                                            "model": _config_dict(cfg)})
     obj = _peek_checkpoint(path)
     if isinstance(obj, dict) and obj.get("format") == "esmgear_fast.checkpoint":
         from .engine.checkpoint import load_task
 
         config = obj.get("config") or {}
         names = obj.get("tasks")
+        task_type = obj.get("task_type")
         del obj
-        task, config = load_task(path)
-        names = list(names) if names is not None else None
-        if names is None and hasattr(task, "task_names"):
-            names = list(task.task_names)
+        task, _ = load_task(path)
+        names = [str(n) for n in names] if names is not None else None
         encoder = getattr(task, "model", None)
         if not isinstance(encoder, nn.Module):
             raise ValueError(f"{path}: the task rebuilt from this checkpoint has no 'model' encoder")
-        has_head = hasattr(task, "predict") and _task_kind(config) is not None
-        return LoadedModel(encoder, task if has_head else None,
-                           {"kind": "checkpoint", "source": str(path), "config": _jsonable(config)}, names)
-    if isinstance(obj, dict):
-        from .models.fusion import load_esm_gearnet
+        kind = _task_kind(config)
+        meta = {"kind": "checkpoint", "source": str(path), "config": _jsonable(config), "task_type": task_type,
+                "prediction": kind}
+        return LoadedModel(encoder, task if kind is not None else None, meta, names)
+    if isinstance(obj, dict) and obj.get("format") == "esmgear_fast.model":
+        from .models.factory import load_model as load_model_file
 
-        encoder = load_esm_gearnet(obj, fusion=fusion or "serial")
-        return LoadedModel(encoder, None, {"kind": "published", "source": str(path), "fusion": fusion or "serial"})
+        del obj
+        encoder = load_model_file(path)
+        cfg = getattr(encoder, "model_config", None)
+        return LoadedModel(encoder, None, {"kind": "model_file", "source": str(path),
+                                           "model": _config_dict(cfg) if cfg is not None else None})
+    if isinstance(obj, dict):
+        from .models.factory import load_esm_gearnet
+
+        encoder = load_esm_gearnet(obj, fusion=fusion)  # fusion None: inferred from the weights
+        return LoadedModel(encoder, None, {"kind": "published", "source": str(path),
+                                           "fusion": getattr(encoder, "fusion", fusion)})
     raise ValueError(f"{path}: not a checkpoint this package reads (expected an esmgear_fast checkpoint, a "
                      f"published ESM-GearNet .pth state dict, or a ModelConfig .yaml); found {type(obj).__name__}")
 
