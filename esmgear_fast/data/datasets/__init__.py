@@ -6,5 +6,6 @@
 """
 from ._base import ProteinDataset
 from .deepfri import EnzymeCommission, GeneOntology
+from .structures import StructureDataset
 
-__all__ = ["EnzymeCommission", "GeneOntology", "ProteinDataset"]
+__all__ = ["EnzymeCommission", "GeneOntology", "ProteinDataset", "StructureDataset"]
