@@ -9,28 +9,13 @@ from torch import nn
 from ..data.batch import ProteinBatch
 from . import _sampling as S
 
-try:  # contract 2: the engine's TaskOutput (tasks helper)
-    from ..tasks.base import TaskOutput
-except ImportError:  # pragma: no cover - until esmgear_fast.tasks lands
-    from dataclasses import dataclass, field
-
-    @dataclass
-    class TaskOutput:  # type: ignore[no-redef]
-        loss: torch.Tensor
-        pred: Optional[torch.Tensor] = None
-        target: Optional[torch.Tensor] = None
-        logs: Dict[str, torch.Tensor] = field(default_factory=dict)
+from ..tasks.base import MLP, TaskOutput  # contract 2: what the engine reads
 
 
-def mlp(input_dim: int, hidden_dims: List[int]) -> nn.Sequential:
-    """TorchDrug's ``layers.MLP``: Linear layers with ReLU between them (none after the last)."""
-    layers: List[nn.Module] = []
-    dims = [input_dim] + list(hidden_dims)
-    for k in range(len(hidden_dims)):
-        layers.append(nn.Linear(dims[k], dims[k + 1]))
-        if k < len(hidden_dims) - 1:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+def mlp(input_dim: int, hidden_dims: List[int]) -> nn.Module:
+    """TorchDrug's ``layers.MLP`` (Linear layers ``layers.{i}`` with ReLU between them, none after the
+    last), so head weights keep TorchDrug's names (``mlp.layers.0.weight``)."""
+    return MLP(input_dim, list(hidden_dims))
 
 
 def head_dims(output_dim: int, num_mlp_layer: int, out: int) -> List[int]:
