@@ -122,7 +122,6 @@ class Atom3DLMDB:
         self.path = Path(path)
         if not (self.path / "data.mdb").is_file():
             raise FileNotFoundError(f"{self.path}: not an LMDB folder (no data.mdb)")
-        self._env = None
         env = self._open()
         try:
             with env.begin(write=False) as txn:
@@ -142,21 +141,19 @@ class Atom3DLMDB:
             {} if raw_ids is None else _deserialize(raw_ids, self.serialization_format, f"{self.path} id_to_idx"))
 
     def _open(self):
-        # LMDB allows one open environment per folder and process: share it between instances
-        if self._env is None:
-            key = (os.getpid(), str(self.path.resolve()))
-            env = _ENVS.get(key)
-            if env is None:
-                import lmdb
+        # LMDB allows one open environment per folder and process: instances share it through _ENVS
+        key = (os.getpid(), str(self.path.resolve()))
+        env = _ENVS.get(key)
+        if env is None:
+            import lmdb
 
-                try:
-                    env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False,
-                                    meminit=False, max_readers=126, subdir=True)
-                except lmdb.Error as exc:
-                    raise ValueError(f"{self.path}: cannot open LMDB ({exc})") from exc
-                _ENVS[key] = env
-            self._env = env
-        return self._env
+            try:
+                env = lmdb.open(str(self.path), readonly=True, lock=False, readahead=False,
+                                meminit=False, max_readers=126, subdir=True)
+            except lmdb.Error as exc:
+                raise ValueError(f"{self.path}: cannot open LMDB ({exc})") from exc
+            _ENVS[key] = env
+        return env
 
     def __getstate__(self):
         return {"path": self.path, "num_examples": self.num_examples,
@@ -164,7 +161,6 @@ class Atom3DLMDB:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._env = None
 
     def __len__(self) -> int:
         return self.num_examples
@@ -197,8 +193,14 @@ class Atom3DLMDB:
         return item
 
     def close(self) -> None:
-        """Forgets this reader's handle (the process-wide environment stays open for other readers)."""
-        self._env = None
+        """Closes the process-wide environment of this folder (any reader reopens it on next use)."""
+        _release_env(self.path)
+
+
+def _release_env(path: Path) -> None:
+    env = _ENVS.pop((os.getpid(), str(Path(path).resolve())), None)
+    if env is not None:
+        env.close()
 
 
 def write_atom3d_lmdb(entries: Iterable[dict], path: Union[str, os.PathLike],
@@ -384,7 +386,7 @@ def _parse_msp(item: dict, index: int, where: str) -> dict:
 _PARSERS: Dict[str, Callable[[dict, int, str], dict]] = {"psr": _parse_psr, "msp": _parse_msp}
 
 
-def _parse_range(args) -> Tuple[List[Tuple[int, Optional[dict], Optional[str]]]]:
+def _parse_range(args) -> List[Tuple[int, Optional[dict], Optional[str]]]:
     lmdb_dir, kind, start, end, on_error = args
     db = Atom3DLMDB(lmdb_dir)
     parse = _PARSERS[kind]
@@ -510,6 +512,8 @@ class _Atom3DDataset(torch.utils.data.Dataset):
         jobs = [(str(lmdb_dir), self.kind, s, min(n, s + chunk), on_error) for s in range(0, n, chunk)]
         results = []
         if workers > 1 and len(jobs) > 1:
+            # a forked child must not inherit this process's open environment (py-lmdb refuses to reopen it)
+            _release_env(lmdb_dir)
             with ProcessPoolExecutor(max_workers=workers) as pool:
                 for out in pool.map(_parse_range, jobs):
                     results.extend(out)
