@@ -17,6 +17,7 @@ final path is always complete; a checksum mismatch deletes the ``.part`` file an
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import time
@@ -145,7 +146,7 @@ def download_url(
             last_error = exc
             if 400 <= exc.code < 500:
                 break
-        except (OSError, urllib.error.URLError) as exc:
+        except (OSError, urllib.error.URLError, http.client.HTTPException) as exc:
             last_error = exc
         _log(f"[download]   attempt {attempt} failed: {last_error}", quiet)
     if last_error is not None:
