@@ -14,6 +14,29 @@ Example::
 """
 from .batch import ProteinBatch, collate
 from .cache import ProteinCache, write_cache
+from .datasets import EnzymeCommission, GeneOntology, ProteinDataset, StructureDataset
+from .samplers import (DistributedBatchSampler, DistributedLengthBatchSampler, FixedBatchSampler,
+                       LengthBatchSampler)
 from .samples import collate_samples, move_to
+from .transforms import Compose, RandomCrop, TruncateProtein, TruncateProteinPair
 
-__all__ = ["ProteinBatch", "ProteinCache", "collate", "collate_samples", "move_to", "write_cache"]
+__all__ = [
+    "Compose",
+    "DistributedBatchSampler",
+    "DistributedLengthBatchSampler",
+    "EnzymeCommission",
+    "FixedBatchSampler",
+    "GeneOntology",
+    "LengthBatchSampler",
+    "ProteinBatch",
+    "ProteinCache",
+    "ProteinDataset",
+    "RandomCrop",
+    "StructureDataset",
+    "TruncateProtein",
+    "TruncateProteinPair",
+    "collate",
+    "collate_samples",
+    "move_to",
+    "write_cache",
+]
