@@ -199,6 +199,33 @@ class Task(nn.Module):
         return [{"name": name, "params": params, "lr": rates[name], "weight_decay": weight_decay}
                 for name, params in groups.items() if params]
 
+    def load_torchdrug_state_dict(self, path_or_state_dict, **options) -> None:
+        """Loads a TorchDrug / ESM-GearNet task checkpoint (``{"model": task.state_dict()}`` or the state
+        dict itself) into this task, strictly.
+
+        The ``model.*`` keys are in TorchDrug's ``FusionNetwork`` layout and go through
+        :func:`esmgear_fast.models.load_esm_gearnet` (``options`` are passed on, e.g. ``fusion``); the rest
+        (``mlp.layers.*`` and buffers such as ``weight``, ``mean``, ``std``, ``task_indices``) must be exactly
+        this head's keys. A tied ``model2.*`` copy (MSP) must equal ``model.*`` and is dropped.
+        """
+        from ..models.factory import _read, load_esm_gearnet, split_state_dict
+        data = _read(path_or_state_dict)
+        state = data["model"] if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping) else data
+        if not isinstance(state, Mapping) or not any(str(k).startswith("model.") for k in state):
+            raise ValueError("load_torchdrug_state_dict(): expected a TorchDrug task state dict with model.* keys")
+        state = dict(state)
+        model_state, head = split_state_dict(state, "model.")
+        for key in [k for k in head if k.startswith("model2.")]:
+            twin = "model." + key[len("model2."):]
+            if twin not in state or not torch.equal(state[twin], head[key]):
+                raise ValueError(f"load_torchdrug_state_dict(): {key} is not a copy of {twin}; only a model2 tied "
+                                 f"to model (ESM-GearNet's MSP) is supported")
+            del head[key]
+        loaded = load_esm_gearnet({"model." + k: v for k, v in model_state.items()}, **options)
+        full = {"model." + k: v for k, v in loaded.state_dict().items()}
+        full.update(head)
+        self.load_state_dict(full, strict=True)
+
     # ------------------------------------------------------------------ helpers
     def _target(self, inputs: Dict[str, Any], pred: torch.Tensor) -> torch.Tensor:
         if "target" not in inputs:
