@@ -257,7 +257,7 @@ def _read(path_or_state) -> Mapping[str, object]:
 
 
 def _layer_count(state: Mapping, prefix: str) -> int:
-    idx = {int(m.group(1)) for k in state for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m}
+    idx = {int(m.group(1)) for k in state for m in [re.match(re.escape(prefix) + r"(\d+)(?:\.|$)", k)] if m}
     return max(idx) + 1 if idx else 0
 
 
@@ -408,10 +408,16 @@ def load_esm_gearnet(path_or_state_dict, fusion: Optional[str] = "serial", cross
         fair, other = split_state_dict(seq_state, "model.")
         if other:
             raise ValueError(f"{source}: sequence model keys outside model.*/mapping: {sorted(other)[:10]}")
-        esm, esm_state = _esm_from_fair_esm_state(fair, source)
+        try:
+            esm, esm_state = _esm_from_fair_esm_state(fair, source)
+        except KeyError as e:
+            raise ValueError(f"{source}: the ESM model lacks {e.args[0]!r}, needed to read its shape") from None
     structure, st_state = (None, {})
     if struct_state:
-        structure, st_state = _structure_from_state(struct_state, source, **opts)
+        try:
+            structure, st_state = _structure_from_state(struct_state, source, **opts)
+        except KeyError as e:
+            raise ValueError(f"{source}: the structure model lacks {e.args[0]!r}, needed to read its shape") from None
 
     inferred = None
     if esm is not None and structure is not None:
