@@ -85,8 +85,9 @@ class TransformConfig:
         ``truncate`` residues (TorchDrug's ``TruncateProtein(random=...)``).
     pair_max_residues: mutation pairs (MSP): keep at most this many residues around the mutated site in
         both wild type and mutant (the paper: 1000). ``null`` = off.
-    crop: pre-training crops, ``null`` | ``"subsequence"`` (a contiguous window of ``crop_length``) |
-        ``"subspace"`` (residues within ``crop_radius`` Å of a random centre) — used by multiview contrast.
+    crop: training-split crop for pre-training, ``null`` | ``"subsequence"`` (a random contiguous window of
+        ``crop_length`` residues, GearNet's ``SubsequenceNode``). ``crop_radius`` is reserved for spatial crops,
+        which the pre-training methods (multiview) do themselves.
     """
     truncate: Optional[int] = None
     truncate_random: bool = True
@@ -342,7 +343,7 @@ def validate(cfg: Config) -> None:
     _check_choice(cfg.optim.scheduler, SCHEDULERS, "optim.scheduler")
     _check_choice(cfg.optim.optimizer, ("adam", "adamw", "sgd"), "optim.optimizer")
     if cfg.data.transforms.crop is not None:
-        _check_choice(cfg.data.transforms.crop, ("subsequence", "subspace"), "data.transforms.crop")
+        _check_choice(cfg.data.transforms.crop, ("subsequence",), "data.transforms.crop")
     for s in cfg.train.eval_splits:
         _check_choice(s, ("valid", "test"), "train.eval_splits[]")
     positive = {"data.batch_size": cfg.data.batch_size, "train.epochs": cfg.train.epochs,

@@ -746,6 +746,10 @@ class Engine:
                                  wandb_project=cfg.run.wandb, wandb_entity=cfg.run.wandb_entity,
                                  config=config_to_dict(cfg), resume=cfg.run.resume)
         try:
+            task = _unwrap(self.task)
+            if hasattr(task, "preprocess"):   # training-set statistics (a resumed checkpoint restores them)
+                with _seeded_rngs(item_seed(t.seed, 0x9E)):
+                    task.preprocess(self.train_set)
             if cfg.run.resume:
                 self.resume()
             self._logger.epoch_records(self.records)
