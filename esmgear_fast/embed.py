@@ -56,6 +56,7 @@ from .inference import (
     iter_parsed,
     load_model,
     proteins_as_parsed,
+    renumber,
     resolve_device,
     resolve_precision,
     run_batches,
@@ -94,11 +95,11 @@ def _iter_embedded(paths, proteins, loaded: LoadedModel, *, per_residue: bool, b
                    files=None) -> Iterator[Tuple[List[ParsedProtein], torch.Tensor, Optional[torch.Tensor]]]:
     if files is None:
         files = discover_inputs(paths) if paths else []
-    items = itertools.chain(
+    items = renumber(itertools.chain(
         proteins_as_parsed(proteins) if proteins else [],
         iter_parsed(files, chains=chains, split_chains=split_chains, workers=workers, failures=failures,
                     on_file=progress.file_parsed),
-    )
+    ))
     encoder = loaded.encoder
 
     def run(batch_items):

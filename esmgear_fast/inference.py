@@ -64,6 +64,8 @@ __all__ = [
     "load_model",
     "parse_model_spec",
     "precision_context",
+    "proteins_as_parsed",
+    "renumber",
     "write_failures",
 ]
 
@@ -277,6 +279,13 @@ def proteins_as_parsed(proteins: Union[Sequence[Protein], Mapping[str, Protein]]
     return out
 
 
+def renumber(items: Iterable[ParsedProtein]) -> Iterator[ParsedProtein]:
+    """Sets ``index`` to the position in ``items`` (input order across several sources)."""
+    for i, it in enumerate(items):
+        it.index = i
+        yield it
+
+
 def batches_by_residues(items: Iterable[ParsedProtein], batch_residues: int,
                         buffer_residues: Optional[int] = None) -> Iterator[List[ParsedProtein]]:
     """Groups proteins into batches of at most ``batch_residues`` residues (longest first within a buffer of
@@ -318,7 +327,8 @@ class LoadedModel:
 
     Attributes:
         encoder: maps a :class:`ProteinBatch` to ``{"node_feature": [N, D], "graph_feature": [B, D]}``.
-        task: the task module (head + ``encoder`` as ``task.model``) for fine-tuned checkpoints, else ``None``.
+        task: the task module (``task.model`` is ``encoder``) of a train/pretrain checkpoint or a task module
+            given directly, else ``None``; :mod:`esmgear_fast.predict` checks it has a prediction head.
         config: JSON-serialisable description stored as metadata (source, kind, model/run config).
         task_names: label names of a fine-tuned checkpoint (EC numbers, GO ids, ...), else ``None``.
     """
@@ -485,10 +495,8 @@ def _load_model_file(path: Path, fusion: Optional[str]) -> LoadedModel:
         encoder = getattr(task, "model", None)
         if not isinstance(encoder, nn.Module):
             raise ValueError(f"{path}: the task rebuilt from this checkpoint has no 'model' encoder")
-        kind = _task_kind(config)
-        meta = {"kind": "checkpoint", "source": str(path), "config": _jsonable(config), "task_type": task_type,
-                "prediction": kind}
-        return LoadedModel(encoder, task if kind is not None else None, meta, names)
+        meta = {"kind": "checkpoint", "source": str(path), "config": _jsonable(config), "task_type": task_type}
+        return LoadedModel(encoder, task, meta, names)
     if isinstance(obj, dict) and obj.get("format") == "esmgear_fast.model":
         from .models.factory import load_model as load_model_file
 
@@ -505,20 +513,6 @@ def _load_model_file(path: Path, fusion: Optional[str]) -> LoadedModel:
                                            "fusion": getattr(encoder, "fusion", fusion)})
     raise ValueError(f"{path}: not a checkpoint this package reads (expected an esmgear_fast checkpoint, a "
                      f"published ESM-GearNet .pth state dict, or a ModelConfig .yaml); found {type(obj).__name__}")
-
-
-#: task config names -> prediction kind
-_TASK_KINDS = {"multiple_binary": "multilabel", "property": "property", "mutation": "mutation",
-               "multiclass": "multiclass", "binary": "binary"}
-
-
-def _task_kind(config) -> Optional[str]:
-    """The prediction kind of a run config (``None`` for pre-training methods: no head to predict with)."""
-    if not isinstance(config, Mapping):
-        return None
-    task = config.get("task")
-    name = task.get("name") if isinstance(task, Mapping) else task
-    return _TASK_KINDS.get(str(name)) if name is not None else None
 
 
 def _jsonable(obj):
