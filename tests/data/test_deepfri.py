@@ -128,6 +128,11 @@ def test_ec_transform_and_loader(data_dir):
     assert [b["names"] for b in batches][:2] == [["1BD2-A", "1BD2-B", "1BD2-D"], ["1BD2-E", "1HVR-A", "1TRM-A"]]
     assert batches[0]["target"].shape == (3, 8)
     assert batches[0]["protein"].num_residues.tolist() == [100, 99, 100]
+    # worker processes reopen the memory-mapped caches and give the same batches
+    parallel = list(DataLoader(ds, batch_sampler=sampler, collate_fn=collate_samples, num_workers=2))
+    assert [b["names"] for b in parallel] == [b["names"] for b in batches]
+    assert all(torch.equal(a["protein"].pos, b["protein"].pos) and torch.equal(a["target"], b["target"])
+               for a, b in zip(parallel, batches))
 
 
 GO = {  # branch -> (tasks, {name: positive indices}); chains without terms keep all-zero targets

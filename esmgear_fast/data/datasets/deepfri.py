@@ -37,7 +37,7 @@ an annotation line naming a term absent from the task list, a malformed line, or
 Structures are parsed once, in parallel (``workers`` processes), into one memory-mapped protein cache per
 split, ``<cache_dir>/<split>.pt`` (default ``cache_dir``: ``<folder>/esmgear_fast_cache``), and reloaded
 from there on later constructions (a manifest next to it records the source zip's size and modification
-time; a changed zip is re-parsed). GO's three branches share one cache.
+time and the package version; a changed zip or a new version is re-parsed). GO's three branches share one cache.
 """
 from __future__ import annotations
 
@@ -87,14 +87,19 @@ def read_test_filter(csv_file: Union[str, os.PathLike], test_cutoff: float) -> s
 
 
 def _fingerprint(source: Path, members: Sequence[str]) -> dict:
+    """Identifies a split's source (zip or folder) and the package version that parsed it."""
+    from ... import __version__
+
     st = source.stat()
     if source.is_file():
-        return {"source": source.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "num_members": len(members)}
+        return {"source": source.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "num_members": len(members),
+                "esmgear_fast": __version__}
     digest = hashlib.sha1()
     for m in members:
         s = (source / m).stat()
         digest.update(f"{m}\t{s.st_size}\t{s.st_mtime_ns}\n".encode())
-    return {"source": source.name, "num_members": len(members), "listing_sha1": digest.hexdigest()}
+    return {"source": source.name, "num_members": len(members), "listing_sha1": digest.hexdigest(),
+            "esmgear_fast": __version__}
 
 
 class _DeepFRIDataset(ProteinDataset):

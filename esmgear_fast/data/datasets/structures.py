@@ -223,7 +223,9 @@ class StructureDataset(ProteinDataset):
         needed = sorted({by_stem[r[1]] for r in rows})
         root = folder if folder is not None else Path(os.path.commonpath([str(p.parent) for p in needed]))
         cache_dir = Path(cache_dir) if cache_dir is not None else _default_cache_dir(folder)
-        digest = hashlib.sha1()
+        from ... import __version__
+
+        digest = hashlib.sha1(f"esmgear_fast {__version__}\n".encode())
         for p in needed:
             st = p.stat()
             digest.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
