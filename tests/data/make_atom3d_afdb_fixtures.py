@@ -12,8 +12,8 @@ one model, Atom3D's 20 columns, coordinates rounded to 6 decimals as ``to_json(d
   GDT_TS labels are made-up numbers (listed in ``PSR_LABELS``).
 * MSP ``split-by-sequence-identity-30``: wild type = the real structure, mutant = the same with one residue
   renamed to the mutant type and its side chain cut back to CB (GLY: to CA), as an in-silico point
-  mutation: train = 1hvr D25N on chain A (label "1") and 1A8O L151A... (see ``MSP_ENTRIES``), val = 2n0n_M1,
-  test = 1TRM_A.
+  mutation: train = 1hvr D25N on chain A (label "1") and 1A8O L189A (label "0"), val = 2n0n_M1 F6A,
+  test = 1TRM_A H57A (see ``MSP_ENTRIES``).
 
 AlphaFold DB (``fixtures/afdb/``): two proteome-style tar shards of gzipped members with AF-style names. The
 only real AlphaFold model is ``AF-A0A3B4WVX2-F1-model_v6.cif`` from the ``mdeepfri`` 1.3.0 wheel on PyPI

@@ -255,3 +255,9 @@ def test_parallel_parse_equals_serial(tmp_path):
     assert a.names == b.names and a.lengths == b.lengths
     for i in range(len(a)):
         assert torch.equal(a[i]["mutant"].backbone.nan_to_num(), b[i]["mutant"].backbone.nan_to_num())
+
+
+def test_transform_applies_to_split_views(psr_dir):
+    ds = PSR(psr_dir, verbose=False, transform=lambda s: {**s, "target": s["target"] * 100})
+    assert ds[0]["target"].item() == 81.25
+    assert ds.split()[2][0]["target"].item() == 37.5

@@ -128,3 +128,34 @@ def test_missing_data_error_message(tmp_path):
     assert "    split-by-year/data/val/data.mdb" in text
     many = missing_data_error("AFDB", "p", ["http://a/1.tar", "http://a/2.tar"], "x.tar")
     assert "http://a/1.tar" in str(many) and "http://a/2.tar" in str(many)
+
+
+def test_cli_download_and_extract(server, tmp_path):
+    import io
+    import tarfile
+
+    from esmgear_fast.data import download as dl
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("split-by-year/data/train/data.mdb")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    archive = buf.getvalue()
+    global PAYLOAD
+    old, PAYLOAD = PAYLOAD, archive  # the handler serves the module-level PAYLOAD
+    try:
+        assert dl.main([server.url, str(tmp_path), "--md5", hashlib.md5(archive).hexdigest(), "--extract"]) == 0
+    finally:
+        PAYLOAD = old
+    assert (tmp_path / "split-by-year" / "data" / "train" / "data.mdb").read_bytes() == b"hello"
+    # the extraction filter refuses members escaping the destination
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tar:
+        info = tarfile.TarInfo("../escape.txt")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(tarfile.TarError):
+        dl.extract_tar(evil, tmp_path / "out", quiet=True)
+    assert not (tmp_path / "escape.txt").exists()
+    assert set(dl.DATASET_URLS) == {"psr", "msp"}

@@ -28,7 +28,7 @@ import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import Dataset, IterableDataset
@@ -344,6 +344,7 @@ class AlphaFoldDB(Dataset):
         cache_dir: where the caches go (default: ``<folder>/esmgear_fast_cache``); one
             ``<shard>.<format>.pt`` per shard, rebuilt when the shard's size or mtime changes.
         workers: processes that parse members (first use only).
+        transform: called on every sample dict.
     """
 
     tasks: List[str] = []
@@ -352,7 +353,8 @@ class AlphaFoldDB(Dataset):
     def __init__(self, path: Union[str, os.PathLike], proteomes=None, *, format: str = "auto",
                  min_plddt: Optional[float] = None, min_mean_plddt: Optional[float] = None,
                  cache_dir: Optional[Union[str, os.PathLike]] = None, workers: int = 1,
-                 rebuild: bool = False, verbose: bool = True):
+                 rebuild: bool = False, verbose: bool = True, transform: Optional[Callable[[dict], dict]] = None):
+        self.transform = transform
         self.path = Path(os.path.expanduser(os.fspath(path)))
         self.format = _check_format(format)
         self.verbose = verbose
@@ -481,8 +483,8 @@ class AlphaFoldDB(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for AlphaFoldDB of {len(self)} proteins")
         s, k = self._items[index]
-        protein = self.filter.apply(self.caches[s][k])
-        return {"protein": protein}
+        sample = {"protein": self.filter.apply(self.caches[s][k])}
+        return self.transform(sample) if self.transform is not None else sample
 
     @property
     def lengths(self) -> List[int]:
@@ -541,7 +543,8 @@ class AlphaFoldDBStream(IterableDataset):
 
     def __init__(self, path: Union[str, os.PathLike], proteomes=None, *, format: str = "auto",
                  min_plddt: Optional[float] = None, min_mean_plddt: Optional[float] = None,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, transform: Optional[Callable[[dict], dict]] = None):
+        self.transform = transform
         self.path = Path(os.path.expanduser(os.fspath(path)))
         self.format = _check_format(format)
         self.filter = _PlddtFilter(min_plddt, min_mean_plddt)
@@ -582,7 +585,8 @@ class AlphaFoldDBStream(IterableDataset):
                     if protein is None:
                         self.num_filtered += 1
                         continue
-                    yield {"protein": protein}
+                    sample = {"protein": protein}
+                    yield self.transform(sample) if self.transform is not None else sample
             except (tarfile.TarError, OSError, EOFError) as exc:
                 raise ValueError(f"{shard}: corrupt tar file ({type(exc).__name__}: {exc})") from exc
             finally:

@@ -449,7 +449,9 @@ class _Atom3DDataset(torch.utils.data.Dataset):
     task_type = ""
 
     def __init__(self, path: Union[str, os.PathLike], *, cache_dir: Optional[Union[str, os.PathLike]] = None,
-                 workers: int = 1, on_error: str = "raise", rebuild: bool = False, verbose: bool = True):
+                 workers: int = 1, on_error: str = "raise", rebuild: bool = False, verbose: bool = True,
+                 transform: Optional[Callable[[dict], dict]] = None):
+        self.transform = transform
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.path = Path(os.path.expanduser(os.fspath(path)))
@@ -624,6 +626,7 @@ class PSR(_Atom3DDataset):
         workers: processes used to parse (first use only).
         on_error: ``"raise"`` (default) or ``"skip"`` corrupt entries (counted in :attr:`skipped`, listed in
             ``<cache_dir>/psr_<split>.failures.tsv``).
+        transform: called on every sample dict (e.g. a truncation); views from ``split()`` share it.
     """
 
     kind = "psr"
@@ -637,7 +640,8 @@ class PSR(_Atom3DDataset):
 
     def __getitem__(self, index: int) -> dict:
         part, k = self._locate(index)
-        return {"protein": part["caches"][0][k], "target": part["target"][k].clone()}
+        sample = {"protein": part["caches"][0][k], "target": part["target"][k].clone()}
+        return self.transform(sample) if self.transform is not None else sample
 
     @property
     def target_names(self) -> List[str]:
@@ -673,8 +677,9 @@ class MSP(_Atom3DDataset):
 
     def __getitem__(self, index: int) -> dict:
         part, k = self._locate(index)
-        return {"wild_type": part["caches"][0][k], "mutant": part["caches"][1][k],
-                "target": part["target"][k].clone()}
+        sample = {"wild_type": part["caches"][0][k], "mutant": part["caches"][1][k],
+                  "target": part["target"][k].clone()}
+        return self.transform(sample) if self.transform is not None else sample
 
     @property
     def mutations(self) -> List[str]:
