@@ -112,8 +112,9 @@ def mutate(rows, chain: str, number: int, new_name: str):
 
 
 def build_atom3d() -> None:
-    if ATOM3D.exists():
-        shutil.rmtree(ATOM3D)
+    for sub in ("PSR", "MSP"):  # keep SOURCES.md
+        if (ATOM3D / sub).exists():
+            shutil.rmtree(ATOM3D / sub)
     for split in ("train", "val", "test"):
         entries = []
         for s, name, model_index, target, decoy, gdt_ts in PSR_LABELS:

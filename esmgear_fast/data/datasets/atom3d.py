@@ -32,7 +32,7 @@ Every LMDB entry becomes one sample, so sample counts and labels equal ESM-GearN
 TorchDrug conversion: unknown residue names are type ``X`` (20) instead of glycine, and a residue is keyed
 by chain as well as number/insertion code/name.
 
-Corrupt entries (undecodable, missing keys, no residue, wild type and mutant of different lengths) raise a
+Corrupt entries (undecodable, missing keys or columns, no residue, a non-numeric label) raise a
 :class:`ValueError` naming the LMDB folder and entry by default; ``on_error="skip"`` skips them instead,
 counts them (``dataset.skipped``) and lists them in ``<cache>.failures.tsv``.
 
@@ -374,10 +374,8 @@ def _parse_msp(item: dict, index: int, where: str) -> dict:
             raise ValueError(f"{where}: MSP entry has no {key!r} (keys {sorted(item)})")
     ident = str(item.get("id", index))
     wild = atom_table_to_arrays(item["original_atoms"], ident, where + " original_atoms")
+    # Atom3D's mutants are modelled structures; like ESM-GearNet, no equal residue count is required here
     mutant = atom_table_to_arrays(item["mutated_atoms"], ident + "_mutant", where + " mutated_atoms")
-    if len(wild["sequence"]) != len(mutant["sequence"]):
-        raise ValueError(f"{where}: wild type has {len(wild['sequence'])} residues, mutant "
-                         f"{len(mutant['sequence'])}")
     mutation = ident.rsplit("_", 1)[-1]
     return {"id": ident, "arrays": [wild, mutant], "target": _msp_label(item["label"], where),
             "mutation": mutation, "site": _mutation_site(mutation, wild)}
@@ -562,9 +560,10 @@ class _Atom3DDataset(torch.utils.data.Dataset):
         s, k = self._items[index]
         return self._parts[s], k
 
-    def _subset(self, indices: Sequence[int]) -> "_Atom3DDataset":
+    def subset(self, indices: Sequence[int]) -> "_Atom3DDataset":
+        """A view with the samples ``indices`` (same caches, same transform)."""
         view = copy.copy(self)
-        view._items = [self._items[i] for i in indices]
+        view._items = [self._items[int(i)] for i in indices]
         return view
 
     def split(self):
@@ -573,7 +572,7 @@ class _Atom3DDataset(torch.utils.data.Dataset):
         sizes = [sum(1 for s, _ in self._items if s == j) for j in range(len(SPLITS))]
         order = sorted(range(len(self._items)), key=lambda i: self._items[i][0])
         for size in sizes:
-            out.append(self._subset(order[offset:offset + size]))
+            out.append(self.subset(order[offset:offset + size]))
             offset += size
         return tuple(out)
 
@@ -657,8 +656,9 @@ class MSP(_Atom3DDataset):
     """Atom3D mutation stability prediction (split by 30% sequence identity): wild type / mutant pairs.
 
     Items are ``{"wild_type": Protein, "mutant": Protein, "target": tensor([label])}`` with ``label`` 1.0
-    when the Atom3D label is ``"1"`` (binary). Both proteins have the same residues (the mutant differs
-    in one residue type and its coordinates as modelled); :attr:`mutations` holds the mutation strings
+    when the Atom3D label is ``"1"`` (binary). The mutant normally has the same residues as the wild type
+    except the mutated one (equal lengths are not enforced: the mutants are modelled structures, and
+    ESM-GearNet does not require it either); :attr:`mutations` holds the mutation strings
     (e.g. ``"LA19A"``) and :attr:`mutation_sites` the index of the mutated residue in the wild type
     (-1 where the string cannot be located). Arguments as :class:`PSR` (layout
     ``split-by-sequence-identity-30/data/{train,val,test}``, ESM-GearNet's
