@@ -32,7 +32,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from Bio.PDB import MMCIFParser, PDBParser
+from Bio.PDB import PDBParser
 
 HERE = Path(__file__).resolve().parent
 STRUCTURES = HERE / "structures"

@@ -1,6 +1,5 @@
 """AlphaFold DB proteome shards: cached dataset, streaming, selection, pLDDT filters, ESM-GearNet chunks."""
 import gzip
-import io
 import shutil
 import tarfile
 

@@ -348,7 +348,7 @@ class AlphaFoldDB(Dataset):
     """
 
     tasks: List[str] = []
-    task_type = "unsupervised"
+    task_type = None  # unlabelled (pre-training)
 
     def __init__(self, path: Union[str, os.PathLike], proteomes=None, *, format: str = "auto",
                  min_plddt: Optional[float] = None, min_mean_plddt: Optional[float] = None,
@@ -603,7 +603,7 @@ class FoldCompDB(Dataset):
     """
 
     tasks: List[str] = []
-    task_type = "unsupervised"
+    task_type = None  # unlabelled (pre-training)
 
     def __init__(self, path: Union[str, os.PathLike]):
         try:
