@@ -261,3 +261,13 @@ def test_transform_applies_to_split_views(psr_dir):
     ds = PSR(psr_dir, verbose=False, transform=lambda s: {**s, "target": s["target"] * 100})
     assert ds[0]["target"].item() == 81.25
     assert ds.split()[2][0]["target"].item() == 37.5
+
+
+def test_dataloader_workers(psr):
+    from esmgear_fast.data.samples import collate_samples
+
+    loader = torch.utils.data.DataLoader(psr, batch_size=2, num_workers=2, collate_fn=collate_samples)
+    batches = list(loader)
+    assert [b["target"].shape for b in batches] == [(2, 1), (2, 1), (1, 1)]
+    assert [n for b in batches for n in b["names"]] == psr.names
+    assert torch.equal(torch.cat([b["target"] for b in batches]), psr.targets)
