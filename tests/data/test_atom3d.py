@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import lmdb
+import numpy as np
 import pytest
 import torch
 
@@ -271,3 +272,51 @@ def test_dataloader_workers(psr):
     assert [b["target"].shape for b in batches] == [(2, 1), (2, 1), (1, 1)]
     assert [n for b in batches for n in b["names"]] == psr.names
     assert torch.equal(torch.cat([b["target"] for b in batches]), psr.targets)
+
+
+# -------------------------------------------------------------------------- ESM-GearNet's residue rules
+
+def _row(resname, number, atom, element, xyz, chain="A"):
+    return ["e", 0, "s", 1, chain, " ", " ", number, "", resname, " ", 1.0, 0.0, *xyz, element, atom, atom, 0]
+
+
+def test_esm_gearnet_rules_on_a_hand_made_table():
+    from esmgear_fast.data.datasets.atom3d import atom_table_to_arrays, atom_table_to_arrays_esm_gearnet
+
+    columns = ["ensemble", "subunit", "structure", "model", "chain", "hetero", "insertion_code", "residue", "segid",
+               "resname", "altloc", "occupancy", "bfactor", "x", "y", "z", "element", "name", "fullname",
+               "serial_number"]
+    rows = [
+        _row("ALA", 1, "N", "N", (0.0, 0.0, 0.0)), _row("ALA", 1, "CA", "C", (1.0, 0.0, 0.0)),
+        _row("ALA", 1, "C", "C", (2.0, 0.0, 0.0)), _row("ALA", 1, "H", "H", (9.0, 9.0, 9.0)),
+        _row("MSE", 2, "N", "N", (3.0, 0.0, 0.0)), _row("MSE", 2, "CA", "C", (4.0, 0.0, 0.0)),
+        _row("MSE", 2, "C", "C", (5.0, 0.0, 0.0)), _row("MSE", 2, "SE", "SE", (6.0, 0.0, 0.0)),
+        _row("LIG", 3, "CA", "C", (20.0, 0.0, 0.0)),                # ligand atom named CA (carbon)
+        _row("CA", 4, "CA", "CA", (30.0, 0.0, 0.0)),                # calcium ion: element not in TorchDrug's vocab
+        _row("GLY", 5, "CA", "H", (40.0, 0.0, 0.0)),                # a 'CA' that is a hydrogen: dropped
+        _row("HOH", 6, "O", "O", (50.0, 0.0, 0.0)),
+    ]
+    table = {"columns": columns, "index": list(range(len(rows))), "data": rows}
+    esm = atom_table_to_arrays_esm_gearnet(table, "t", "t")
+    assert esm["sequence"] == "AGG"                              # MSE and LIG -> glycine
+    assert esm["residue_number"].tolist() == [1, 2, 3]
+    assert esm["pos"].tolist() == [[1.0, 0.0, 0.0], [4.0, 0.0, 0.0], [20.0, 0.0, 0.0]]
+    assert esm["num_skipped_residues"] == 3
+    assert bool(np.isnan(esm["backbone"][2, 0]).all())               # the ligand has no N
+    ours = atom_table_to_arrays(table, "t", "t")
+    assert ours["sequence"] == "AM"                              # MSE -> M; the ligand is not a residue
+
+
+def test_esm_gearnet_rules_on_fixture(psr_dir):
+    ds = PSR(psr_dir, verbose=False, residue_rules="esm_gearnet")
+    ours = PSR(psr_dir, verbose=False)
+    a, b = ds.split()[1][0]["protein"], ours.split()[1][0]["protein"]   # 1A8O: MSE residues
+    mse = {int(line[22:26]) for line in (STRUCTURES / "1A8O.pdb").read_text().splitlines()
+           if line.startswith("HETATM") and line[17:20] == "MSE" and line[12:16].strip() == "CA"}
+    assert mse and len(a) == len(b)
+    expected = "".join("G" if n in mse else c for n, c in zip(b.residue_number.tolist(), b.sequence))
+    assert a.sequence == expected and a.sequence != b.sequence
+    assert torch.equal(a.pos, b.pos)
+    assert len(ds) == len(ours) and torch.equal(ds.targets, ours.targets)
+    with pytest.raises(ValueError, match="residue_rules"):
+        PSR(psr_dir, residue_rules="torchdrug")

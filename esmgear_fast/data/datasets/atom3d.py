@@ -27,10 +27,13 @@ Residues: one node per amino-acid residue with a C-alpha atom, following the pac
 :mod:`esmgear_fast.io` (the same code path as the PDB/mmCIF readers): hydrogens ignored; only the first
 model of an entry; waters, ions and ligands skipped; modified residues mapped to their parent; all chains
 kept in order of first appearance (``chain_id`` numbers them); backbone N/CA/C/O stored (NaN if absent).
+``residue_rules="esm_gearnet"`` reproduces ESM-GearNet's TorchDrug conversion instead.
 Every LMDB entry becomes one sample, so sample counts and labels equal ESM-GearNet's ``PSRDataset`` /
-``MSPDataset`` (PSR split-by-year 25,400 / 2,800 / 16,014). Two deliberate differences to ESM-GearNet's
-TorchDrug conversion: unknown residue names are type ``X`` (20) instead of glycine, and a residue is keyed
-by chain as well as number/insertion code/name.
+``MSPDataset`` (PSR split-by-year 25,400 / 2,800 / 16,014). Differences of the default rules to ESM-GearNet's
+TorchDrug conversion (use ``residue_rules="esm_gearnet"`` for the latter): modified residues map to their
+parent and other unknown residues are ``X`` (20) where ESM-GearNet makes every non-standard residue a
+glycine; non-amino-acid groups that have an atom named CA (with a carbon element) are not residues; a
+residue is keyed by chain as well as number/insertion code/name; only the first model is read.
 
 Corrupt entries (undecodable, missing keys or columns, no residue, a non-numeric label) raise a
 :class:`ValueError` naming the LMDB folder and entry by default; ``on_error="skip"`` skips them instead,
@@ -56,6 +59,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from ...io._assemble import BACKBONE_SLOT, ResidueRecord, assemble, normalize_icode
@@ -67,7 +71,9 @@ __all__ = [
     "Atom3DLMDB",
     "MSP",
     "PSR",
+    "RESIDUE_RULES",
     "atom_table_to_arrays",
+    "atom_table_to_arrays_esm_gearnet",
     "write_atom3d_lmdb",
 ]
 
@@ -316,6 +322,81 @@ def atom_table_to_arrays(table: dict, name: str, where: str) -> dict:
     return arrays
 
 
+#: TorchDrug's atom vocabulary minus hydrogen (index 0, removed by ESM-GearNet's ``atom_type != 0`` subgraph);
+#: matched case-sensitively against Atom3D's ``element`` column, as TorchDrug does
+_TORCHDRUG_HEAVY_ELEMENTS = frozenset({"B", "C", "N", "O", "F", "Mg", "Si", "P", "S", "Cl", "Cu", "Zn", "Se", "Br",
+                                       "Sn", "I"})
+_STANDARD = {name: symbol for name, symbol in zip(
+    ("GLY", "ALA", "SER", "PRO", "VAL", "THR", "CYS", "ILE", "LEU", "ASN", "ASP", "GLN", "LYS", "GLU", "MET", "HIS",
+     "PHE", "ARG", "TYR", "TRP"), "GASPVTCILNDQKEMHFRYW")}
+RESIDUE_RULES = ("package", "esm_gearnet")
+
+
+def atom_table_to_arrays_esm_gearnet(table: dict, name: str, where: str) -> dict:
+    """Like :func:`atom_table_to_arrays` but with ESM-GearNet's own conversion (``residue_rules="esm_gearnet"``).
+
+    ESM-GearNet (``Atom3DDataset.protein_from_data_frame`` + ``atom_type != 0`` subgraph + TorchDrug's
+    ``AlphaCarbonNode``) starts a new residue whenever (residue number, insertion code, residue name) changes
+    from the previous row (every model, chain not part of the key), names every non-standard residue
+    glycine, drops atoms whose ``element`` is not in TorchDrug's atom vocabulary (hydrogen, and e.g. ``SE``,
+    ``CA`` calcium, ``ZN`` in Atom3D's upper case) and keeps the residues that have an atom named ``CA``
+    left. Nodes are those residues, with the first such CA as position; N/C/O are taken from the same
+    residue when present (NaN otherwise).
+    """
+    if not isinstance(table, dict) or "columns" not in table or "data" not in table:
+        raise ValueError(f"{where}: atom table is not a {{'columns', 'index', 'data'}} dict")
+    columns = list(table["columns"])
+    missing = [c for c in _REQUIRED_COLUMNS + ("element",) if c not in columns]
+    if missing:
+        raise ValueError(f"{where}: atom table lacks the columns {missing} (has {columns})")
+    col = {c: i for i, c in enumerate(columns)}
+    i_chain, i_res, i_icode, i_name, i_atom, i_el = (col["chain"], col["residue"], col["insertion_code"],
+                                                     col["resname"], col["name"], col["element"])
+    i_x, i_y, i_z = col["x"], col["y"], col["z"]
+    rows = table["data"]
+    if not rows:
+        raise ValueError(f"{where}: atom table is empty")
+    residues = []  # [chain, number, icode, symbol, {atom name: xyz}]
+    last = None
+    try:
+        for row in rows:
+            key = (row[i_res], row[i_icode], row[i_name])
+            if key != last:
+                last = key
+                residues.append([str(row[i_chain]).strip(), int(row[i_res]), normalize_icode(str(row[i_icode])),
+                                 _STANDARD.get(str(row[i_name]).strip(), "G"), {}])
+            if row[i_el] not in _TORCHDRUG_HEAVY_ELEMENTS:
+                continue
+            atom = str(row[i_atom]).strip()
+            if atom in BACKBONE_SLOT and atom not in residues[-1][4]:
+                residues[-1][4][atom] = (float(row[i_x]), float(row[i_y]), float(row[i_z]))
+    except (TypeError, ValueError, IndexError) as exc:
+        raise ValueError(f"{where}: malformed atom row ({type(exc).__name__}: {exc})") from exc
+    kept = [r for r in residues if "CA" in r[4]]
+    if not kept:
+        raise ValueError(f"{where}: no residue with a C-alpha atom")
+    chain_names = list(dict.fromkeys(r[0] for r in kept))
+    chain_index = {c: i for i, c in enumerate(chain_names)}
+    nan = (math.nan, math.nan, math.nan)
+    backbone = [[r[4].get(a, nan) for a in ("N", "CA", "C", "O")] for r in kept]
+    backbone = np.asarray(backbone, dtype=np.float32).reshape(-1, 4, 3)
+    return {
+        "name": name,
+        "sequence": "".join(r[3] for r in kept),
+        "pos": backbone[:, 1].copy(),
+        "backbone": backbone,
+        "chain_id": np.asarray([chain_index[r[0]] for r in kept], dtype=np.int64),
+        "chain_names": chain_names,
+        "residue_number": np.asarray([r[1] for r in kept], dtype=np.int64),
+        "insertion_code": "".join(r[2] for r in kept),
+        "plddt": None,
+        "num_skipped_residues": len(residues) - len(kept),
+    }
+
+
+_TABLE_READERS = {"package": atom_table_to_arrays, "esm_gearnet": atom_table_to_arrays_esm_gearnet}
+
+
 def _psr_gdt_ts(scores, where: str) -> float:
     if isinstance(scores, dict) and "gdt_ts" in scores:
         value = scores["gdt_ts"]
@@ -359,40 +440,40 @@ def _mutation_site(mutation: str, arrays: dict) -> int:
     return -1
 
 
-def _parse_psr(item: dict, index: int, where: str) -> dict:
+def _parse_psr(item: dict, index: int, where: str, rules: str = "package") -> dict:
     for key in ("atoms", "scores"):
         if key not in item:
             raise ValueError(f"{where}: PSR entry has no {key!r} (keys {sorted(item)})")
     ident = str(item.get("id", index))
-    return {"id": ident, "arrays": [atom_table_to_arrays(item["atoms"], ident, where)],
+    return {"id": ident, "arrays": [_TABLE_READERS[rules](item["atoms"], ident, where)],
             "target": _psr_gdt_ts(item["scores"], where)}
 
 
-def _parse_msp(item: dict, index: int, where: str) -> dict:
+def _parse_msp(item: dict, index: int, where: str, rules: str = "package") -> dict:
     for key in ("original_atoms", "mutated_atoms", "label"):
         if key not in item:
             raise ValueError(f"{where}: MSP entry has no {key!r} (keys {sorted(item)})")
     ident = str(item.get("id", index))
-    wild = atom_table_to_arrays(item["original_atoms"], ident, where + " original_atoms")
+    wild = _TABLE_READERS[rules](item["original_atoms"], ident, where + " original_atoms")
     # Atom3D's mutants are modelled structures; like ESM-GearNet, no equal residue count is required here
-    mutant = atom_table_to_arrays(item["mutated_atoms"], ident + "_mutant", where + " mutated_atoms")
+    mutant = _TABLE_READERS[rules](item["mutated_atoms"], ident + "_mutant", where + " mutated_atoms")
     mutation = ident.rsplit("_", 1)[-1]
     return {"id": ident, "arrays": [wild, mutant], "target": _msp_label(item["label"], where),
             "mutation": mutation, "site": _mutation_site(mutation, wild)}
 
 
-_PARSERS: Dict[str, Callable[[dict, int, str], dict]] = {"psr": _parse_psr, "msp": _parse_msp}
+_PARSERS: Dict[str, Callable[..., dict]] = {"psr": _parse_psr, "msp": _parse_msp}
 
 
 def _parse_range(args) -> List[Tuple[int, Optional[dict], Optional[str]]]:
-    lmdb_dir, kind, start, end, on_error = args
+    lmdb_dir, kind, start, end, on_error, rules = args
     db = Atom3DLMDB(lmdb_dir)
     parse = _PARSERS[kind]
     out = []
     for index in range(start, end):
         where = f"{lmdb_dir} entry {index}"
         try:
-            out.append((index, parse(db[index], index, where), None))
+            out.append((index, parse(db[index], index, where, rules), None))
         except (ValueError, KeyError, TypeError) as exc:
             if on_error == "raise":
                 raise ValueError(str(exc) if str(exc).startswith(str(lmdb_dir)) else f"{where}: {exc}") from exc
@@ -448,7 +529,10 @@ class _Atom3DDataset(torch.utils.data.Dataset):
 
     def __init__(self, path: Union[str, os.PathLike], *, cache_dir: Optional[Union[str, os.PathLike]] = None,
                  workers: int = 1, on_error: str = "raise", rebuild: bool = False, verbose: bool = True,
-                 transform: Optional[Callable[[dict], dict]] = None):
+                 transform: Optional[Callable[[dict], dict]] = None, residue_rules: str = "package"):
+        if residue_rules not in RESIDUE_RULES:
+            raise ValueError(f"residue_rules must be one of {RESIDUE_RULES}, got {residue_rules!r}")
+        self.residue_rules = residue_rules
         self.transform = transform
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -480,7 +564,7 @@ class _Atom3DDataset(torch.utils.data.Dataset):
 
     # -- parsing into the cache
     def _cache_paths(self, split: str) -> Tuple[List[Path], Path]:
-        stem = f"{self.kind}_{split}"
+        stem = f"{self.kind}_{split}" + ("" if self.residue_rules == "package" else f"_{self.residue_rules}")
         names = ["protein"] if self.num_proteins == 1 else ["wild_type", "mutant"]
         return [self.cache_dir / f"{stem}_{n}.pt" for n in names], self.cache_dir / f"{stem}_meta.pt"
 
@@ -509,7 +593,8 @@ class _Atom3DDataset(torch.utils.data.Dataset):
             print(f"[{self.kind}] parsing {n} entries of {lmdb_dir} into {self.cache_dir}", file=sys.stderr,
                   flush=True)
         chunk = max(1, min(256, math.ceil(n / max(1, workers) / 4)))
-        jobs = [(str(lmdb_dir), self.kind, s, min(n, s + chunk), on_error) for s in range(0, n, chunk)]
+        jobs = [(str(lmdb_dir), self.kind, s, min(n, s + chunk), on_error, self.residue_rules)
+                for s in range(0, n, chunk)]
         results = []
         if workers > 1 and len(jobs) > 1:
             # a forked child must not inherit this process's open environment (py-lmdb refuses to reopen it)
@@ -626,6 +711,9 @@ class PSR(_Atom3DDataset):
         on_error: ``"raise"`` (default) or ``"skip"`` corrupt entries (counted in :attr:`skipped`, listed in
             ``<cache_dir>/psr_<split>.failures.tsv``).
         transform: called on every sample dict (e.g. a truncation); views from ``split()`` share it.
+        residue_rules: ``"package"`` (default: :mod:`esmgear_fast.io`'s residue rules, as for structure
+            files) or ``"esm_gearnet"`` (ESM-GearNet's own conversion, bit for bit the residues it trains on:
+            see :func:`atom_table_to_arrays_esm_gearnet`). Each has its own cache files.
     """
 
     kind = "psr"
