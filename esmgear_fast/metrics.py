@@ -52,7 +52,10 @@ def _as_tensor(x, name: str) -> torch.Tensor:
     return x.detach()
 
 
-def _pair(pred, target, fn: str, ndim: Tuple[int, ...] = (1,)) -> Tuple[torch.Tensor, torch.Tensor]:
+def _pair(pred, target, fn: str, ndim: Tuple[int, ...] = (1,),
+          score_dtype: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Checked (pred, target): target float64; pred float64, or with ``score_dtype`` (scores that are
+    only compared) float32 unless already float64 (half-precision values are exact in float32)."""
     pred = _as_tensor(pred, f"{fn}(): pred")
     target = _as_tensor(target, f"{fn}(): target")
     if pred.shape != target.shape:
@@ -64,7 +67,20 @@ def _pair(pred, target, fn: str, ndim: Tuple[int, ...] = (1,)) -> Tuple[torch.Te
         raise ValueError(f"{fn}(): pred is on {pred.device} but target is on {target.device}")
     if pred.is_complex() or pred.dtype == torch.bool:
         raise TypeError(f"{fn}(): pred must hold real scores, got dtype {pred.dtype}")
+    if score_dtype and pred.dtype != torch.float64:
+        return pred.to(torch.float32), target.to(torch.float64)
     return pred.to(torch.float64), target.to(torch.float64)
+
+
+def _check_scores(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, fn: str) -> None:
+    """No NaN score at a labelled entry, 0/1 labels, at least one labelled entry (without copies)."""
+    if not bool(valid.any()):
+        raise ValueError(f"{fn}(): no labelled element (empty input or every target is NaN)")
+    if bool((torch.isnan(pred) & valid).any()):
+        raise ValueError(f"{fn}(): pred contains NaN at a labelled element")
+    bad = valid & (target != 0) & (target != 1)
+    if bool(bad.any()):
+        raise ValueError(f"{fn}(): targets must be 0 or 1 (NaN = missing), found e.g. {target[bad][:5].tolist()}")
 
 
 def _labelled(pred: torch.Tensor, target: torch.Tensor, fn: str, binary: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +114,7 @@ def average_ranks(x: torch.Tensor) -> torch.Tensor:
     x = _as_tensor(x, "average_ranks(): x")
     if x.dim() != 1:
         raise ValueError(f"average_ranks(): expected a 1-D tensor, got shape {tuple(x.shape)}")
-    values, order = torch.sort(x, stable=True)
+    values, order = torch.sort(x)
     start = torch.ones_like(values, dtype=torch.bool)
     start[1:] = values[1:] != values[:-1]
     group = torch.cumsum(start.long(), 0) - 1
@@ -125,43 +141,35 @@ def f1_max(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     is ``max_t 2 P R / (P + R)``. Tied scores form one threshold (TorchDrug evaluates inside a tie
     too, in ``argsort`` order); without ties the two agree. Runs in ``O(BT log BT)`` on the input's device.
     """
-    pred, target = _pair(pred, target, "f1_max", ndim=(2,))
-    num_rows = pred.shape[0]
+    pred, target = _pair(pred, target, "f1_max", ndim=(2,), score_dtype=True)
     valid = ~torch.isnan(target)
-    rows = torch.arange(num_rows, device=pred.device).unsqueeze(1).expand_as(pred)[valid]
-    score, label = _labelled(pred, target, "f1_max", binary=True)
-    num_proteins = int((torch.bincount(rows, minlength=num_rows) > 0).sum())
+    _check_scores(pred, target, valid, "f1_max")
+    label = torch.where(valid, target, torch.zeros_like(target))
+    num_proteins = int(valid.any(dim=1).sum())
 
-    # Global order (descending score). Inside each protein, the same order (stable sort by protein).
-    order = torch.argsort(score, descending=True, stable=True)
-    score, label, rows = score[order], label[order], rows[order]
-    by_protein = torch.argsort(rows, stable=True)
-    prow, plabel = rows[by_protein], label[by_protein]
-    counts = torch.bincount(rows, minlength=num_rows)
-    starts = torch.cumsum(counts, 0) - counts
-    position = torch.arange(score.shape[0], device=score.device)
-    k = (position - starts[prow] + 1).to(torch.float64)                 # labels predicted so far (>= 1)
-    cum = torch.cumsum(plabel, 0)
-    true_pos = cum - (cum - plabel)[starts[prow]]                        # per-protein running positives
-    num_true = torch.zeros(num_rows, dtype=torch.float64, device=score.device).index_add_(0, rows, label)
-    precision = true_pos / k
-    denom = num_true[prow]
-    recall = torch.where(denom > 0, true_pos / denom.clamp_min(1), torch.zeros_like(true_pos))
-    first = k == 1
-    prev_precision = torch.zeros_like(precision)
-    prev_precision[1:] = precision[:-1]
-    prev_recall = torch.zeros_like(recall)
-    prev_recall[1:] = recall[:-1]
-    d_precision = torch.where(first, precision, precision - prev_precision)
-    d_recall = torch.where(first, recall, recall - prev_recall)
+    # Per protein, labels by decreasing score: running precision / recall over the labelled entries
+    # (a missing label adds to neither count), and each entry's change of its protein's precision
+    # and recall when the threshold passes it.
+    order = torch.argsort(pred, dim=1, descending=True)
+    score = pred.gather(1, order)
+    v = valid.gather(1, order)
+    k = torch.cumsum(v, 1, dtype=torch.float64)
+    true_pos = torch.cumsum(label.gather(1, order), 1)
+    num_true = true_pos[:, -1:]
+    precision = true_pos / k.clamp_min(1)
+    recall = torch.where(num_true > 0, true_pos / num_true.clamp_min(1), torch.zeros_like(true_pos))
+    d_precision = torch.diff(precision, dim=1, prepend=torch.zeros_like(precision[:, :1]))[v]
+    d_recall = torch.diff(recall, dim=1, prepend=torch.zeros_like(recall[:, :1]))[v]
+    first = (k == 1)[v]
+    score = score[v]
 
-    # Back to the global order: running sums of each protein's current precision / recall.
-    inv = torch.empty_like(by_protein)
-    inv[by_protein] = torch.arange(by_protein.shape[0], device=by_protein.device)
-    sum_precision = torch.cumsum(d_precision[inv], 0)
-    sum_recall = torch.cumsum(d_recall[inv], 0)
-    started = torch.cumsum(first[inv].to(torch.float64), 0)
-
+    # All labelled entries by decreasing score; at the end of each group of equal scores every entry
+    # >= t has been passed, so the sums are order-independent there (a prefix of each protein's list).
+    glob = torch.argsort(score, descending=True)
+    score = score[glob]
+    sum_precision = torch.cumsum(d_precision[glob], 0)
+    sum_recall = torch.cumsum(d_recall[glob], 0)
+    started = torch.cumsum(first[glob], 0, dtype=torch.float64)
     end = _group_ends(score)
     p = sum_precision[end] / started[end]
     r = sum_recall[end] / num_proteins
@@ -177,12 +185,12 @@ def area_under_prc(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     positive of a tie group gets the precision at the end of the group (scikit-learn's
     ``average_precision_score``). NaN (with a warning) when there is no positive.
     """
-    pred, target = _pair(pred, target, "area_under_prc")
+    pred, target = _pair(pred, target, "area_under_prc", score_dtype=True)
     score, label = _labelled(pred, target, "area_under_prc", binary=True)
     num_pos = label.sum()
     if num_pos == 0:
         return _undefined("area_under_prc", "no positive target", score.device)
-    order = torch.argsort(score, descending=True, stable=True)
+    order = torch.argsort(score, descending=True)
     score, label = score[order], label[order]
     end = _group_ends(score)
     true_pos = torch.cumsum(label, 0)[end]
@@ -198,7 +206,7 @@ def area_under_roc(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     pair counts 1/2 (trapezoidal ROC, scikit-learn's ``roc_auc_score``); computed from average ranks
     (Mann-Whitney U). NaN (with a warning) when only one class is present.
     """
-    pred, target = _pair(pred, target, "area_under_roc")
+    pred, target = _pair(pred, target, "area_under_roc", score_dtype=True)
     score, label = _labelled(pred, target, "area_under_roc", binary=True)
     num_pos = label.sum()
     num_neg = label.numel() - num_pos
