@@ -490,6 +490,8 @@ class Engine:
     @torch.no_grad()
     def evaluate(self, dataset, split: str) -> Dict[str, float]:
         """Loss and the task's metrics over the whole ``dataset`` (predictions gathered from every rank)."""
+        if self.dist.distributed:
+            self._broadcast_buffers()
         self.task.eval()
         batches = self.eval_batches(dataset)
         preds, targets, order = [], [], []
@@ -520,13 +522,17 @@ class Engine:
                 order.append(torch.tensor(indices, dtype=torch.int64, device=self.device))
         self.task.train()
         # whole-set loss (every rank's sums)
+        keys = sorted(logs)
+        if self.dist.distributed:   # a rank without batches has no log keys: use the union
+            keys = sorted(set().union(*D.all_gather_object(keys)))
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
         sums = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=self.device)]
-                           + [logs[k] for k in sorted(logs)])
+                           + [logs.get(k, zero) for k in keys])
         total = torch.stack(D.all_gather_variable(sums[None]), 0).sum(0)[0] if self.dist.distributed else sums
         if float(total[1]) == 0:
             raise ValueError(f"the {split} set is empty")
         metrics: Dict[str, float] = {"loss": float(total[0] / total[1])}
-        for j, k in enumerate(sorted(logs)):
+        for j, k in enumerate(keys):
             metrics[k] = float(total[2 + j] / total[1])
         has_pred = D.all_gather_object(bool(preds)) if self.dist.distributed else [bool(preds)]
         if any(has_pred):
@@ -538,6 +544,15 @@ class Engine:
             for k, v in self.task_evaluate(p, tg).items():
                 metrics[k] = float(v)
         return metrics
+
+    def _broadcast_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank: DDP broadcasts them before each
+        training forward, after which each rank updates its copy with its own batch; evaluation and the
+        checkpoint must all use the same (rank 0's) model."""
+        import torch.distributed as tdist
+        with torch.no_grad():
+            for buf in _unwrap(self.task).buffers():
+                tdist.broadcast(buf, 0)
 
     def task_evaluate(self, preds: torch.Tensor, targets: torch.Tensor) -> Dict[str, float]:
         task = _unwrap(self.task)
