@@ -61,11 +61,11 @@ class PretrainSection:
 # ----------------------------------------------------------------------------------------------- demo data
 DEMO_CONFIG = {
     "data": {"dataset": "demo", "batch_size": 8},
-    "model": {"esm": "random:esm2_t6_8M_UR50D", "structure": "gearnet", "fusion": "serial",
+    "model": {"esm": "random:tiny", "structure": "gearnet", "fusion": "serial",
               "hidden_dims": [128, 128, 128]},
     "task": {"name": "distance"},
     "optim": {"optimizer": "adam", "lr": 1e-3},
-    "train": {"epochs": 6, "log_every": 5, "device": "auto"},
+    "train": {"epochs": 6, "log_every": 5, "device": "auto", "eval_splits": []},
     "run": {"tensorboard": False},
 }
 DEMO_PRETRAIN = {"options": {"num_sample": 64}, "save_every": 2, "export": "esm_gearnet"}
