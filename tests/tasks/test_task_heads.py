@@ -11,7 +11,7 @@ from esmgear_fast import metrics as M
 from esmgear_fast.tasks import (MLP, MultiClassification, MultipleBinaryClassification, PropertyPrediction,
                                 TaskConfig, TaskOutput, build_task)
 
-from conftest import DatasetInfo, StandIn, manual_mlp, tiny_fusion
+from task_helpers import DatasetInfo, StandIn, manual_mlp, tiny_fusion
 
 
 def test_mlp_torchdrug_names_and_semantics():
@@ -170,3 +170,9 @@ def test_build_task_from_configs():
         build_task(TaskConfig(metrics=["f1max"]), model, DatasetInfo(["a"], "multilabel"))
     with pytest.raises(ValueError, match="selection metric"):
         build_task(TaskConfig(metrics=["f1_max"], selection_metric="auroc"), model, DatasetInfo(["a"], "multilabel"))
+
+
+def test_build_task_delegates_pretraining_methods():
+    from esmgear_fast.pretrain import ResidueTypePrediction
+    task = build_task(TaskConfig(name="residue_type"), tiny_fusion(), DatasetInfo([], "unlabelled"))
+    assert isinstance(task, ResidueTypePrediction)

@@ -6,7 +6,7 @@ from esmgear_fast.data import collate, collate_samples
 from esmgear_fast.io import Protein
 from esmgear_fast.tasks import MutationStability
 
-from conftest import manual_mlp, tiny_fusion
+from task_helpers import manual_mlp, tiny_fusion
 
 SWAP = {"A": "G", "G": "A"}
 

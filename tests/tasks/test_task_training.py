@@ -6,7 +6,7 @@ from esmgear_fast.data import collate_samples
 from esmgear_fast.models.factory import to_esm_gearnet_state_dict
 from esmgear_fast.tasks import MultipleBinaryClassification, MutationStability, PropertyPrediction
 
-from conftest import tiny_fusion
+from task_helpers import tiny_fusion
 
 
 def test_parameter_groups_lr_ratio(batch):
