@@ -313,3 +313,22 @@ def test_killed_run_leaves_no_complete_looking_file(tmp_path, mixed):
                 assert not bool(f.attrs.get("complete", False))
         except OSError:
             pass  # not even readable as HDF5: cannot pass for complete either
+
+
+def test_embed_published_pth_and_model_file(tmp_path, mixed, model):
+    """A published-layout ESM-GearNet .pth (written with the factory's exporter) and a save_model file give
+    the embeddings of the model they were written from."""
+    from esmgear_fast.models.factory import save_model, to_esm_gearnet_state_dict
+
+    root, good, _ = mixed
+    pth = tmp_path / "esm_gearnet.pth"
+    torch.save(to_esm_gearnet_state_dict(model.encoder), pth)
+    mfile = tmp_path / "model.pt"
+    save_model(model.encoder.model_config, model.encoder, mfile)
+    g, _ = direct(model, good[0])
+    for ckpt in (pth, mfile):
+        e = embed(str(good[0]), str(ckpt))
+        torch.testing.assert_close(next(iter(e.values())), g, rtol=1e-5, atol=ATOL)
+    assert e.metadata["config"]["kind"] == "model_file"
+    with pytest.raises(ValueError, match="fusion"):
+        load_model(str(pth), fusion="parallel")  # serial weights: the structure input width says so

@@ -164,3 +164,18 @@ def test_predict_refuses_checkpoints_without_head(tmp_path, folder, capsys):
     with pytest.raises(ValueError, match="no prediction head"):
         Predictor(spec)
     assert not (tmp_path / "p.tsv").exists()
+
+
+def test_embed_with_train_checkpoint_uses_its_encoder(folder, ec):
+    from esmgear_fast.embed import embed
+
+    ckpt, task = ec
+    e = embed([str(folder / "1A8O.pdb")], str(ckpt), per_residue=True)
+    protein = load_structure(folder / "1A8O.pdb")
+    with torch.inference_mode():
+        out = task.model(collate([protein]))
+    (key,) = list(e)
+    torch.testing.assert_close(e[key], out["graph_feature"][0], rtol=1e-5, atol=2e-5)
+    torch.testing.assert_close(e.residues[key], out["node_feature"], rtol=1e-5, atol=2e-5)
+    assert e.metadata["config"]["kind"] == "checkpoint" and e.metadata["config"]["config"]["task"]["name"] == \
+        "multiple_binary"
