@@ -314,11 +314,13 @@ def dataset_info(dataset, task: str, allowed_types: Sequence[str]) -> List[str]:
 
 
 def train_targets(train_set) -> torch.Tensor:
-    """All targets of a training set stacked ``[n, ...]``: ``train_set.targets`` when the dataset has it
-    (no structure is loaded), else ``train_set[i]["target"]`` for every item."""
+    """All targets of a training set stacked ``[n, ...]`` without loading structures where the dataset
+    allows: ``train_set.targets`` (a tensor), else ``train_set.target(i)``, else ``train_set[i]["target"]``."""
     targets = getattr(train_set, "targets", None)
-    if targets is not None:
-        return torch.as_tensor(targets)
+    if isinstance(targets, torch.Tensor):
+        return targets
     if len(train_set) == 0:
         raise ValueError("preprocess(): the training set is empty")
+    if callable(getattr(train_set, "target", None)):
+        return torch.stack([torch.as_tensor(train_set.target(i)) for i in range(len(train_set))])
     return torch.stack([torch.as_tensor(train_set[i]["target"]) for i in range(len(train_set))])

@@ -110,6 +110,19 @@ def test_property_preprocess_uses_targets_attribute_and_rejects_constant():
 
     task.preprocess(Targets())
     assert task.mean.item() == pytest.approx(7 / 3) and task.std.item() == pytest.approx(np.std([1, 2, 4], ddof=1))
+
+    class TargetMethod:                    # the datasets' target(i): no structure is loaded either
+        def __len__(self):
+            return 4
+
+        def target(self, i):
+            return torch.tensor([float(i * i)])
+
+        def __getitem__(self, i):
+            raise AssertionError("preprocess must not load structures when target(i) is available")
+
+    task.preprocess(TargetMethod())
+    assert task.mean.item() == pytest.approx(14 / 4) and task.std.item() == pytest.approx(np.std([0, 1, 4, 9], ddof=1))
     with pytest.raises(ValueError, match="constant"):
         task.preprocess([{"target": torch.tensor([3.0])}] * 4)
 
