@@ -100,7 +100,7 @@ def _raw_dataset(cfg: Config):
         from .data.datasets.alphafold import AlphaFoldDB
         return AlphaFoldDB(_require_path(cfg), **opts)
     if name == "demo":
-        from .data.datasets.demo import demo_dataset
+        from .demo import demo_dataset
         return demo_dataset(**({"path": os.path.expanduser(d.path)} if d.path else {}), **opts)
     raise ConfigError(f"unknown data.dataset {name!r}")  # validate() already checks the choices
 
