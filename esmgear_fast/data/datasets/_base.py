@@ -4,7 +4,7 @@
 
 * one or more memory-mapped :class:`~esmgear_fast.data.ProteinCache` files and, per item, which cache
   entry it is (and optionally which chain of it);
-* the targets, either dense (``[N, T]`` float32 or ``[N]`` int64) or as sparse positive-label lists
+* the targets, either dense (``[N, T]`` float32 or ``[N]`` int64) or as lists of positive-label indices
   (multi-label data with thousands of terms, densified per item);
 * the split of every item (0 train, 1 valid, 2 test).
 
@@ -49,7 +49,7 @@ class ProteinDataset(Dataset):
     def _init_storage(self, *, caches: Sequence[ProteinCache], entry: np.ndarray, names: Sequence[str],
                       split_ids: np.ndarray, tasks: Sequence[str], task_type: str,
                       dense_targets: Optional[torch.Tensor] = None,
-                      positive_targets: Optional[List[torch.Tensor]] = None,
+                      positive_targets: Optional[List[Sequence[int]]] = None,
                       chains: Optional[Sequence[Optional[str]]] = None,
                       lengths: Optional[torch.Tensor] = None,
                       transform: Optional[Callable] = None) -> None:
@@ -111,7 +111,7 @@ class ProteinDataset(Dataset):
         """The target of item ``index`` (multi-label: float32 [T] of 0/1; see :mod:`..samples`)."""
         if self._positive is not None:
             out = torch.zeros(len(self.tasks), dtype=torch.float32)
-            out[self._positive[index]] = 1.0
+            out[torch.as_tensor(self._positive[index], dtype=torch.long)] = 1.0
             return out
         t = self._dense[index]
         return t.clone()

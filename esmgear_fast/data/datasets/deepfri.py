@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import sys
 import time
@@ -52,7 +53,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import torch
 
 from ..cache import ProteinCache
 from ._base import (SPLITS, ProteinDataset, atomic_write_text, parse_members_to_cache, read_json)
@@ -86,19 +86,21 @@ def read_test_filter(csv_file: Union[str, os.PathLike], test_cutoff: float) -> s
     return removed
 
 
-def _fingerprint(source: Path, members: Sequence[str]) -> dict:
-    """Identifies a split's source (zip or folder) and the package version that parsed it."""
+def _fingerprint(source: Path) -> dict:
+    """Identifies a split's source (zip: size and mtime; folder: its .pdb listing) and the parsing version."""
     from ... import __version__
 
-    st = source.stat()
     if source.is_file():
-        return {"source": source.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "num_members": len(members),
-                "esmgear_fast": __version__}
+        st = source.stat()
+        return {"source": source.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "esmgear_fast": __version__}
     digest = hashlib.sha1()
-    for m in members:
-        s = (source / m).stat()
-        digest.update(f"{m}\t{s.st_size}\t{s.st_mtime_ns}\n".encode())
-    return {"source": source.name, "num_members": len(members), "listing_sha1": digest.hexdigest(),
+    count = 0
+    for entry in sorted(os.scandir(source), key=lambda e: e.name):
+        if entry.name.endswith(".pdb") and entry.is_file():
+            st = entry.stat()
+            digest.update(f"{entry.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            count += 1
+    return {"source": source.name, "num_members": count, "listing_sha1": digest.hexdigest(),
             "esmgear_fast": __version__}
 
 
@@ -193,30 +195,35 @@ class _DeepFRIDataset(ProteinDataset):
         tmp.rmdir()
         return dest / self.folder
 
-    def _split_members(self, split: str) -> Tuple[Path, List[Tuple[str, str]]]:
+    def _split_source(self, split: str) -> Path:
         zpath = self.root / f"{split}.zip"
         if zpath.is_file():
-            try:
-                with zipfile.ZipFile(zpath) as zf:
-                    names = zf.namelist()
-            except (zipfile.BadZipFile, OSError) as exc:
-                raise ValueError(f"{zpath}: not a readable zip archive ({exc}); it may be truncated: restore it "
-                                 f"from {self.archive} ({self.url})") from None
-            members = sorted(n for n in names if os.path.dirname(n) == split and n.endswith(".pdb"))
-            return zpath, [(str(zpath), m) for m in members]
+            return zpath
         folder = self.root / split
         if folder.is_dir():
-            members = sorted(f.name for f in folder.iterdir() if f.name.endswith(".pdb") and f.is_file())
-            return folder, [("", str(folder / m)) for m in members]
+            return folder
         from ..download import missing_data_error
 
         raise missing_data_error(f"{type(self).__name__} {split} split", zpath, self.url,
                                  f"{zpath} holding {split}/<PDB>-<chain>_<n>.pdb (or an extracted {folder}/)")
 
+    def _split_members(self, split: str, source: Path) -> List[Tuple[str, str]]:
+        """``(zip path or "", member or file path)`` of every ``<split>/*.pdb``, sorted by file name."""
+        if source.is_file():
+            try:
+                with zipfile.ZipFile(source) as zf:
+                    names = zf.namelist()
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise ValueError(f"{source}: not a readable zip archive ({exc}); it may be truncated: restore it "
+                                 f"from {self.archive} ({self.url})") from None
+            members = sorted(n for n in names if os.path.dirname(n) == split and n.endswith(".pdb"))
+            return [(str(source), m) for m in members]
+        members = sorted(f.name for f in source.iterdir() if f.name.endswith(".pdb") and f.is_file())
+        return [("", str(source / m)) for m in members]
+
     def _load_split(self, split, workers, rebuild, progress):
-        source, tasks = self._split_members(split)
-        members = [os.path.basename(m) for _, m in tasks]
-        fingerprint = _fingerprint(source, members)
+        source = self._split_source(split)
+        fingerprint = _fingerprint(source)
         cache_path = self.cache_dir / f"{split}.pt"
         manifest_path = self.cache_dir / f"{split}.manifest.json"
         manifest = None if rebuild else read_json(manifest_path)
@@ -230,14 +237,14 @@ class _DeepFRIDataset(ProteinDataset):
                 if len(cache) == manifest["num_parsed"]:
                     return cache, list(cache.names), [os.path.basename(s) for s in cache.sources], failures
         t0 = time.perf_counter()
-        jobs = [(c, m, _key(m)) for c, m in tasks]
+        jobs = [(c, m, _key(m)) for c, m in self._split_members(split, source)]
         result = parse_members_to_cache(jobs, cache_path, workers=workers, progress=progress,
                                         desc=f"{type(self).__name__} {split}")
         failures = [(os.path.basename(m), e) for m, e in result.failures]
         manifest = {"format": _MANIFEST_FORMAT, "version": _MANIFEST_VERSION, "fingerprint": fingerprint,
-                    "num_parsed": len(result.keys), "failures": failures,
+                    "num_members": len(jobs), "num_parsed": len(result.keys), "failures": failures,
                     "parse_seconds": round(result.parse_seconds, 3)}
-        atomic_write_text(manifest_path, __import__("json").dumps(manifest, indent=1))
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
         if progress:
             print(f"{type(self).__name__} {split}: parsed {len(jobs)} files in {time.perf_counter() - t0:.1f} s "
                   f"({result.structures_per_second:.0f}/s), {len(failures)} failed; cache {cache_path}",
@@ -252,13 +259,12 @@ def _key(member: str) -> str:
     return os.path.basename(member).split("_")[0]
 
 
-def _term_ids(tsv, lineno, key, field_text, task2id) -> torch.Tensor:
-    ids = []
-    for term in field_text.split(","):
-        if term not in task2id:
-            raise ValueError(f"{tsv}: line {lineno} ({key!r}): term {term!r} is not in the task list of the header")
-        ids.append(task2id[term])
-    return torch.tensor(ids, dtype=torch.long)
+def _term_ids(tsv, lineno, key, field_text, task2id) -> List[int]:
+    try:
+        return [task2id[term] for term in field_text.split(",")]
+    except KeyError as exc:
+        raise ValueError(f"{tsv}: line {lineno} ({key!r}): term {exc.args[0]!r} is not in the task list of the "
+                         f"header") from None
 
 
 class EnzymeCommission(_DeepFRIDataset):
@@ -288,7 +294,7 @@ class EnzymeCommission(_DeepFRIDataset):
         self._setup(path, test_cutoff, transform, workers, cache_dir, rebuild, progress)
 
     def _read_annotation(self, tsv):
-        positives: Dict[str, torch.Tensor] = {}
+        positives: Dict[str, List[int]] = {}
         with open(tsv, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh, delimiter="\t")
             header = [next(reader, None) for _ in range(3)]
@@ -332,7 +338,7 @@ class GeneOntology(_DeepFRIDataset):
 
     def _read_annotation(self, tsv):
         b = self.branches.index(self.branch)
-        positives: Dict[str, torch.Tensor] = {}
+        positives: Dict[str, List[int]] = {}
         with open(tsv, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh, delimiter="\t")
             header = [next(reader, None) for _ in range(13)]
@@ -345,6 +351,5 @@ class GeneOntology(_DeepFRIDataset):
                 if not row:
                     continue
                 text = row[b + 1] if b + 1 < len(row) else ""
-                positives[row[0]] = (_term_ids(tsv, lineno, row[0], text, task2id) if text
-                                     else torch.zeros(0, dtype=torch.long))
+                positives[row[0]] = _term_ids(tsv, lineno, row[0], text, task2id) if text else []
         return list(task2id), positives, list(descriptions)
