@@ -16,7 +16,7 @@ The config is a training config (``data``, ``model``, ``task``, ``optim``, ``tra
 
 The loop, precision, DDP, checkpoints and exact resume are the engine's (the same as ``train``); the run folder
 gets ``pretrain.yaml`` next to ``config.yaml``. ``data.dataset: demo`` (the default) pre-trains on the real
-structures shipped in ``esmgear_fast/demo/`` (or, in a source checkout without them, the test chains).
+chains shipped in :mod:`esmgear_fast.demo` (training split) with a tiny random ESM, for a few minutes on CPU.
 """
 from __future__ import annotations
 
@@ -72,23 +72,28 @@ DEMO_PRETRAIN = {"options": {"num_sample": 64}, "save_every": 2, "export": "esm_
 
 
 class DemoStructures(torch.utils.data.Dataset):
-    """Unlabelled ``{"protein": Protein}`` items from real structures: the files in ``esmgear_fast/demo/`` when
-    the package ships them, else (source checkout) the real test chains of :mod:`esmgear_fast.testing`."""
+    """Unlabelled ``{"protein": Protein}`` items of real structures: the training split of the packaged demo
+    chains (:mod:`esmgear_fast.demo`, real PDB/mmCIF chains) by default, or every PDB/mmCIF file in ``path``."""
 
-    def __init__(self, path: Optional[str] = None, max_proteins: int = 96, min_len: int = 40, max_len: int = 400):
-        folder = Path(path) if path else Path(__file__).resolve().parent.parent / "demo"
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and _is_structure(p.name)) if folder.is_dir() else []
-        if files:
+    def __init__(self, path: Optional[str] = None, max_proteins: int = 96, min_len: int = 40):
+        if path:
+            folder = Path(path)
+            files = sorted(p for p in folder.rglob("*") if p.is_file() and _is_structure(p.name)) \
+                if folder.is_dir() else []
+            if not files:
+                raise FileNotFoundError(f"data.path={path}: no PDB/mmCIF files there for the pre-training demo")
             from ..io import load_structure
             proteins = [load_structure(f) for f in files[:max_proteins]]
             self.source = str(folder)
         else:
-            if path:
-                raise FileNotFoundError(f"data.path={path}: no PDB/mmCIF files there for the pre-training demo")
-            from ..testing import real_proteins
-            proteins = real_proteins(max_proteins, min_len, max_len)
-            self.source = "esmgear_fast.testing.real_proteins (source checkout)"
+            from ..demo import DemoDataset
+            train = DemoDataset().split()[0]
+            keep = [i for i in range(len(train)) if int(train.lengths[i]) >= min_len][:max_proteins]
+            proteins = [train.protein(i) for i in keep]
+            self.source = "the packaged demo chains (esmgear_fast.demo, training split)"
         self.proteins = [p for p in proteins if len(p) >= 4]
+        if not self.proteins:
+            raise ValueError(f"no protein of at least 4 residues for the pre-training demo ({self.source})")
         self.names = [p.name for p in self.proteins]
         self.lengths = [len(p) for p in self.proteins]
         self.tasks: List[str] = []
