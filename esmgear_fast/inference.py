@@ -407,12 +407,23 @@ def _config_dict(cfg) -> Dict[str, Any]:
 
 def _peek_checkpoint(path: Path):
     """The checkpoint's top-level object, memory-mapped where possible (``weights_only`` always)."""
+    def unreadable(exc):
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first}); expected an "
+                          "esmgear_fast checkpoint, a published ESM-GearNet .pth, a ModelConfig .yaml or an "
+                          "encoder spec")
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as exc:
         if "mmap" not in str(exc).lower() and "zip" not in str(exc).lower():
-            raise
+            raise unreadable(exc) from None
+    except Exception as exc:  # noqa: BLE001 - pickle errors, truncated files, ...
+        raise unreadable(exc) from None
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) files cannot mmap
+    except Exception as exc:  # noqa: BLE001
+        raise unreadable(exc) from None
 
 
 def load_model(model: Union[str, os.PathLike, nn.Module, "LoadedModel"], *, device=None,
@@ -420,7 +431,8 @@ def load_model(model: Union[str, os.PathLike, nn.Module, "LoadedModel"], *, devi
     """Resolves ``model`` (see the module doc) into a :class:`LoadedModel` in ``eval()`` mode on ``device``.
 
     ``fusion`` is used for published ESM-GearNet ``.pth`` files only (default: inferred from the weights,
-    where serial and parallel differ in the structure encoder's input width). Raises :class:`ValueError` / :class:`FileNotFoundError` naming the problem otherwise.
+    where serial and parallel differ in the structure encoder's input width). Raises :class:`ValueError` /
+    :class:`FileNotFoundError` naming the problem otherwise.
     """
     if isinstance(model, LoadedModel):
         loaded = model

@@ -223,6 +223,9 @@ def test_cli_refuses_existing_output_and_bad_inputs(tmp_path, mixed, capsys):
     assert "no structure files" in capsys.readouterr().err
     assert main([str(good[0]), "-c", SPEC, "-o", str(tmp_path / "x.csv"), "--quiet"]) == 2
     assert main([str(good[0]), "-c", str(tmp_path / "nope.pt"), "-o", str(tmp_path / "x.h5"), "--quiet"]) == 2
+    (tmp_path / "bad.pt").write_text("not a checkpoint")
+    assert main([str(good[0]), "-c", str(tmp_path / "bad.pt"), "-o", str(tmp_path / "x.h5"), "--quiet"]) == 2
+    assert "bad.pt: not a readable checkpoint" in capsys.readouterr().err
     # only malformed files: nothing written, exit 1, failures listed
     assert main([str(p) for p in bad] + ["-c", SPEC, "-o", str(tmp_path / "y.h5"), "--quiet", "--workers", "0"]) == 1
     assert not (tmp_path / "y.h5").exists()
