@@ -83,10 +83,14 @@ class TinyTask(nn.Module):
     selection_metric = "accuracy"
     selection_mode = "max"
 
-    def __init__(self, hidden: int = 16, num_tasks: int = 3, oom_above: Optional[int] = None):
+    def __init__(self, hidden: int = 16, num_tasks: int = 3, oom_above: Optional[int] = None,
+                 nan_at_call: Optional[int] = None, batch_norm: bool = True):
         super().__init__()
+        self.nan_at_call = nan_at_call      # training forward call (1-based) whose loss is made NaN
+        self.calls = 0
+        self.names_seen = []
         self.graph = GearNetGraph()
-        self.model = GearNet(21, [hidden, hidden], batch_norm=True)
+        self.model = GearNet(21, [hidden, hidden], batch_norm=batch_norm)
         self.head = nn.Sequential(nn.Linear(self.model.output_dim, hidden), nn.ReLU(), nn.Dropout(0.2),
                                   nn.Linear(hidden, num_tasks))
         self.oom_above = oom_above
@@ -104,6 +108,11 @@ class TinyTask(nn.Module):
         pred = self.predict(inputs)
         target = inputs["target"]
         loss = nn.functional.binary_cross_entropy_with_logits(pred, target)
+        if self.training:
+            self.calls += 1
+            self.names_seen.append(list(inputs["names"]))
+            if self.calls == self.nan_at_call:
+                loss = loss * float("nan")
         return Output(loss, pred, target, {"mean_logit": pred.detach().mean()})
 
     def evaluate(self, preds, targets):
