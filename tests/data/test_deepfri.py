@@ -163,6 +163,24 @@ def test_go_branches(data_dir, branch):
     assert ds.split()[2].names == ["3D5T-C"]
 
 
+def test_rdkit_check(data_dir, monkeypatch):
+    # RDKit's reader (TorchDrug's) rejects 3D5T-C, which ours reads, and reads the truncated 1HVR-B partially
+    pytest.importorskip("rdkit")
+    ds = _ec(data_dir, rdkit_check=True)
+    assert ds.rdkit_rejected == ["3D5T-C"] and ds.rdkit_only == ["1HVR-B_46.pdb"]
+    assert _ec(data_dir).rdkit_rejected is None
+    monkeypatch.setattr(deepfri_module, "rdkit_rejections", lambda *a, **k: pytest.fail("not cached"))
+    assert _ec(data_dir, rdkit_check=True).rdkit_rejected == ["3D5T-C"]
+
+
+def test_rdkit_check_needs_rdkit(data_dir, monkeypatch):
+    import esmgear_fast.data.datasets._base as base
+
+    monkeypatch.setitem(__import__("sys").modules, "rdkit", None)
+    with pytest.raises(ImportError, match="pip install rdkit"):
+        base.rdkit_rejections([("", "x.pdb")])
+
+
 def test_layout_variants(tmp_path):
     # the data folder itself, an extracted split folder, and the downloaded archive
     shutil.copytree(FIXTURE / "EnzymeCommission", tmp_path / "a")

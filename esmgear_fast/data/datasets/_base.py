@@ -259,6 +259,44 @@ def _parse_task(task):
         return False, " ".join(str(text).split())
 
 
+def _rdkit_rejects(task) -> bool:
+    """Worker: whether RDKit's PDB reader with TorchDrug's settings (``Chem.MolFromPDBFile(path)``:
+    sanitize, remove hydrogens) returns no molecule for ``(container, member)``."""
+    from rdkit import Chem, RDLogger
+
+    RDLogger.DisableLog("rdApp.*")
+    container, member = task
+    try:
+        data = _open_zip(container).read(member) if container else Path(member).read_bytes()
+        return Chem.MolFromPDBBlock(data.decode("latin-1")) is None
+    except Exception:  # noqa: BLE001 - unreadable for RDKit too
+        return True
+
+
+def rdkit_rejections(tasks: Sequence[Tuple[str, str]], workers: Optional[int] = None) -> List[bool]:
+    """For every ``(zip path or "", member or file path)``: does TorchDrug's RDKit-based reader reject it?
+
+    Needs the optional ``rdkit`` package (``pip install rdkit``); raises ``ImportError`` saying so.
+    """
+    try:
+        import rdkit  # noqa: F401
+    except ImportError:
+        raise ImportError("rdkit_check=True needs the optional rdkit package (pip install rdkit) to tell which "
+                          "files TorchDrug's RDKit-based reader rejects") from None
+    workers = default_workers() if workers is None else int(workers)
+    tasks = list(tasks)
+    if workers == 1 or len(tasks) <= 1:
+        out = [_rdkit_rejects(t) for t in tasks]
+    else:
+        _ZIPS.clear()
+        with _pool_context().Pool(min(workers, len(tasks))) as pool:
+            out = pool.map(_rdkit_rejects, tasks, chunksize=max(1, min(32, len(tasks) // (workers * 8))))
+    for zf in _ZIPS.values():
+        zf.close()
+    _ZIPS.clear()
+    return out
+
+
 def zlib_error():
     import zlib
 

@@ -26,9 +26,12 @@ What TorchDrug does, and this module reproduces (so the samples, splits and labe
   stays in that branch's dataset with an all-zero target;
 * the protein is every residue with a C-alpha atom of every chain in the file (each file holds one chain).
 
-Differences, all reported rather than silent: TorchDrug drops files its RDKit-based reader rejects without
-saying which; here every file our reader parses is kept, and files nobody can read are listed in
-``failures`` (and ``<cache>/<split>.pt.failures.tsv``) with a warning. Annotated chains without any
+Differences, all reported rather than silent: TorchDrug drops files its RDKit-based reader
+(``Chem.MolFromPDBFile``) rejects without saying which; here every file our reader parses is kept, and
+files it cannot read are listed in ``failures`` (and ``<cache>/<split>.pt.failures.tsv``) with a warning.
+``rdkit_check=True`` (optional ``rdkit`` package) lists both kinds of difference: ``rdkit_rejected`` (kept
+here, dropped by TorchDrug; e.g. chains RDKit cannot sanitise) and ``rdkit_only`` (read by RDKit, e.g.
+partially from a truncated file, but in ``failures`` here). Annotated chains without any
 structure file are listed in ``missing_structures``. A structure file whose key has no annotation line,
 an annotation line naming a term absent from the task list, a malformed line, or an unreadable
 (truncated) split zip raises ``ValueError`` naming the file and the entry (TorchDrug fails later with a
@@ -55,7 +58,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..cache import ProteinCache
-from ._base import (SPLITS, ProteinDataset, atomic_write_text, parse_members_to_cache, read_json)
+from ._base import (SPLITS, ProteinDataset, atomic_write_text, parse_members_to_cache, rdkit_rejections,
+                    read_json)
 
 __all__ = ["EnzymeCommission", "GeneOntology", "read_test_filter"]
 
@@ -114,7 +118,7 @@ class _DeepFRIDataset(ProteinDataset):
     test_cutoffs = TEST_CUTOFFS
     task_type = "multilabel"
 
-    def _setup(self, path, test_cutoff, transform, workers, cache_dir, rebuild, progress) -> None:
+    def _setup(self, path, test_cutoff, transform, workers, cache_dir, rebuild, progress, rdkit_check) -> None:
         if test_cutoff not in TEST_CUTOFFS:
             raise ValueError(f"unknown test_cutoff {test_cutoff!r} for {type(self).__name__}; "
                              f"choose one of {list(TEST_CUTOFFS)}")
@@ -129,8 +133,11 @@ class _DeepFRIDataset(ProteinDataset):
         sources: List[str] = []
         structure_keys = set()
         num_filtered = 0
+        rdkit_rejected_files = set()
         for s, split in enumerate(SPLITS):
             cache, keys, srcs, split_failures = self._load_split(split, workers, rebuild, progress)
+            if rdkit_check:
+                rdkit_rejected_files.update(self._rdkit_split(split, workers))
             failures.extend(split_failures)
             structure_keys.update(keys)
             structure_keys.update(_key(m) for m, _ in split_failures)
@@ -153,6 +160,11 @@ class _DeepFRIDataset(ProteinDataset):
         self.num_filtered = num_filtered
         self.missing_structures: List[str] = sorted(set(positives) - structure_keys)
         self.sources = sources
+        self.rdkit_rejected: Optional[List[str]] = None
+        self.rdkit_only: Optional[List[str]] = None
+        if rdkit_check:
+            self.rdkit_rejected = [n for n, src in zip(names, sources) if src in rdkit_rejected_files]
+            self.rdkit_only = [f for f, _ in failures if f not in rdkit_rejected_files and _key(f) not in removed]
         if failures:
             warnings.warn(f"{type(self).__name__}: {len(failures)} structure file(s) could not be read and are "
                           f"left out (listed in .failures and {self.cache_dir}/<split>.pt.failures.tsv); first: "
@@ -251,6 +263,20 @@ class _DeepFRIDataset(ProteinDataset):
                   file=sys.stderr)
         return result.cache, result.keys, [os.path.basename(m) for m in result.sources], failures
 
+    def _rdkit_split(self, split: str, workers) -> List[str]:
+        """File names of ``split`` that TorchDrug's RDKit reader rejects (cached in the split's manifest)."""
+        manifest_path = self.cache_dir / f"{split}.manifest.json"
+        manifest = read_json(manifest_path)
+        if manifest is not None and "rdkit_rejected" in manifest:
+            return list(manifest["rdkit_rejected"])
+        source = self._split_source(split)
+        tasks = self._split_members(split, source)
+        rejected = [os.path.basename(m) for (c, m), bad in zip(tasks, rdkit_rejections(tasks, workers)) if bad]
+        if manifest is not None:
+            manifest["rdkit_rejected"] = rejected
+            atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+        return rejected
+
     def _read_annotation(self, tsv):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -280,6 +306,9 @@ class EnzymeCommission(_DeepFRIDataset):
         cache_dir: where the parsed cache lives (default ``<folder>/esmgear_fast_cache``).
         rebuild: re-parse even when a valid cache exists.
         progress: progress bars and a summary on stderr while parsing.
+        rdkit_check: also run TorchDrug's RDKit reader over the files (needs ``pip install rdkit``; once,
+            the answer is kept in the cache manifest) and fill ``rdkit_rejected`` (items kept here that
+            TorchDrug drops) and ``rdkit_only`` (files TorchDrug reads that are in ``failures`` here).
     """
 
     folder = "EnzymeCommission"
@@ -290,8 +319,9 @@ class EnzymeCommission(_DeepFRIDataset):
     test_file = "nrPDB-EC_test.csv"
 
     def __init__(self, path, test_cutoff: float = 0.95, transform: Optional[Callable] = None,
-                 workers: Optional[int] = None, cache_dir=None, rebuild: bool = False, progress: bool = True):
-        self._setup(path, test_cutoff, transform, workers, cache_dir, rebuild, progress)
+                 workers: Optional[int] = None, cache_dir=None, rebuild: bool = False, progress: bool = True,
+                 rdkit_check: bool = False):
+        self._setup(path, test_cutoff, transform, workers, cache_dir, rebuild, progress, rdkit_check)
 
     def _read_annotation(self, tsv):
         positives: Dict[str, List[int]] = {}
@@ -330,11 +360,12 @@ class GeneOntology(_DeepFRIDataset):
     branches = ("MF", "BP", "CC")
 
     def __init__(self, path, branch: str = "MF", test_cutoff: float = 0.95, transform: Optional[Callable] = None,
-                 workers: Optional[int] = None, cache_dir=None, rebuild: bool = False, progress: bool = True):
+                 workers: Optional[int] = None, cache_dir=None, rebuild: bool = False, progress: bool = True,
+                 rdkit_check: bool = False):
         if branch not in self.branches:
             raise ValueError(f"unknown GO branch {branch!r}; choose one of {list(self.branches)}")
         self.branch = branch
-        self._setup(path, test_cutoff, transform, workers, cache_dir, rebuild, progress)
+        self._setup(path, test_cutoff, transform, workers, cache_dir, rebuild, progress, rdkit_check)
 
     def _read_annotation(self, tsv):
         b = self.branches.index(self.branch)
