@@ -15,7 +15,7 @@ __all__ = ["MultiClassification"]
 class MultiClassification(Task):
     """``num_classes`` logits from the protein's ``graph_feature``; cross-entropy (TorchDrug's
     ``PropertyPrediction`` with the ``ce`` criterion). Metrics: ``accuracy`` (default, selection) and
-    ``macro_f1``. A target of -100 (``ignore_index``) is left out of the loss.
+    ``macro_f1``.
 
     Inputs: ``{"protein": ProteinBatch, "target": int64 [B]}`` (class indices; ``[B, 1]`` accepted).
     """
@@ -50,10 +50,10 @@ class MultiClassification(Task):
         if target.is_floating_point():
             raise TypeError(f"multi-class targets must be int64 class indices, got {target.dtype}")
         target = target.long()
-        bad = (target != -100) & ((target < 0) | (target >= self.num_classes))
+        bad = (target < 0) | (target >= self.num_classes)
         if bad.any():
             raise ValueError(f"target class {int(target[bad][0])} outside [0, {self.num_classes})")
-        return F.cross_entropy(pred.float(), target, ignore_index=-100)
+        return F.cross_entropy(pred.float(), target)
 
 
 @register_task("multiclass")
