@@ -1,7 +1,6 @@
 """esmgear_fast.metrics against hand-computed values and brute-force numpy definitions (independent of
 the code under test), with tied scores, missing labels and undefined cases."""
 import math
-import warnings
 
 import numpy as np
 import pytest

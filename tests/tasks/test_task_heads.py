@@ -7,7 +7,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from esmgear_fast import metrics as M
 from esmgear_fast.tasks import (MLP, MultiClassification, MultipleBinaryClassification, PropertyPrediction,
                                 TaskConfig, TaskOutput, build_task)
 

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from esmgear_fast.data import collate_samples
 from esmgear_fast.models.factory import to_esm_gearnet_state_dict
 from esmgear_fast.tasks import MultipleBinaryClassification, MutationStability, PropertyPrediction
 
