@@ -70,6 +70,7 @@ def test_ec_splits_targets_and_reports(data_dir):
         assert sample["protein"].name == name
         assert torch.equal(sample["target"], _one_hot(EC_TARGETS[name], 8)), name
         assert sample["target"].dtype == torch.float32
+    assert torch.equal(ds.target_matrix(), torch.stack([_one_hot(EC_TARGETS[n], 8) for n in ds.names]))
     train, valid, test = ds.split()
     assert train.names == EC_TRAIN and valid.names == EC_VALID and test.names == ["1BD2-C", "3D5T-C"]
     assert isinstance(test, EnzymeCommission) and test.tasks == EC_TASKS

@@ -77,6 +77,7 @@ def test_multiclass_binary_regression(folder, tmp_path):
     assert ds.tasks == ["a", "b", "c"]
     assert [ds[i]["target"].item() for i in range(3)] == [1, 0, 2]
     assert ds[0]["target"].dtype == torch.long and ds[0]["target"].shape == ()
+    assert ds.target_matrix().tolist() == [1, 0, 2]
     ds = StructureDataset(folder, labels, task="binary", label_columns=["binds", "stable"])
     t = torch.stack([ds[i]["target"] for i in range(3)])
     assert t[:, 0].tolist() == [1, 0, 1] and t[0, 1] == 1 and math.isnan(t[1, 1]) and t[2, 1] == 0
@@ -84,6 +85,7 @@ def test_multiclass_binary_regression(folder, tmp_path):
     t = torch.stack([ds[i]["target"] for i in range(3)])
     assert t[0].tolist() == [55.5, -1.25] and t[1, 0] == 60 and math.isnan(t[1, 1]) and math.isnan(t[2, 0])
     assert ds.tasks == ["tm", "dg"] and ds.task_type == "regression"
+    assert torch.allclose(ds.target_matrix(), t, equal_nan=True)
     with pytest.raises(ValueError, match=r"line 2 \('1A8O'\): column 'fold': 'b' is not a number"):
         StructureDataset(folder, labels, task="regression", label_columns=["fold"])
     with pytest.raises(ValueError, match="'55.5' is not a binary label"):

@@ -116,6 +116,19 @@ class ProteinDataset(Dataset):
         t = self._dense[index]
         return t.clone()
 
+    def target_matrix(self) -> torch.Tensor:
+        """Every item's target stacked (``[N, T]`` float32, or ``[N]`` int64 for multi-class) without reading
+        any structure, e.g. for label statistics or target normalisation. Raises for unlabelled data."""
+        if self._positive is not None:
+            out = torch.zeros(len(self), len(self.tasks), dtype=torch.float32)
+            rows = [i for i, p in enumerate(self._positive) for _ in p]
+            cols = [c for p in self._positive for c in p]
+            out[torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)] = 1.0
+            return out
+        if self._dense is None:
+            raise ValueError(f"{type(self).__name__} has no targets (unlabelled data)")
+        return self._dense.clone()
+
     def protein(self, index: int):
         """Item ``index``'s :class:`~esmgear_fast.io.Protein` (no transform)."""
         c, j = self._entry[index].tolist()
