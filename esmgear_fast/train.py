@@ -235,8 +235,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .engine.config import config_to_dict
         print(OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))))
         return 0
+    from .engine.checkpoint import CheckpointError
+    from .engine.loop import BatchOutOfMemoryError, NonFiniteLossError
     try:
         run(cfg, path)
+    except (ConfigError, FileNotFoundError, FileExistsError, CheckpointError, NonFiniteLossError,
+            BatchOutOfMemoryError) as e:   # problems with the inputs: the message says what to do
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         D.cleanup()
     return 0

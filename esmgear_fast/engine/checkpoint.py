@@ -232,17 +232,6 @@ class _DatasetInfo:
         return 0
 
 
-def _skeleton_esm(name: Optional[str]) -> Optional[str]:
-    """A named ESM is rebuilt with random weights (the checkpoint holds the trained ones): no download."""
-    if name is None or name.startswith("random:") or os.path.exists(name) or "/" in name:
-        return name
-    try:
-        from ..esm.loading import RANDOM_CONFIGS
-    except ImportError:
-        return name
-    return f"random:{name}" if name in RANDOM_CONFIGS else name
-
-
 def load_task(path: Union[str, os.PathLike], map_location: Any = "cpu") -> Tuple[torch.nn.Module, Any]:
     """Rebuilds the task (model + head) of one of our checkpoints and loads its weights strictly.
 
@@ -254,8 +243,7 @@ def load_task(path: Union[str, os.PathLike], map_location: Any = "cpu") -> Tuple
     from .config import config_from_dict
     ckpt = load_checkpoint(path, map_location="cpu")
     cfg = config_from_dict(ckpt["config"])
-    cfg.model.esm = _skeleton_esm(cfg.model.esm)
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, pretrained=False)     # shapes only: the weights come from the checkpoint
     task = build_task(cfg.task, model, _DatasetInfo(ckpt.get("tasks"), ckpt.get("task_type")))
     check_state_dict(task.state_dict(), ckpt["model"], f"checkpoint {path}")
     task.load_state_dict(ckpt["model"], strict=True)

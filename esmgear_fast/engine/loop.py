@@ -295,6 +295,10 @@ class Engine:
         else:
             print(message, file=sys.stderr, flush=True)
 
+    def _lr(self) -> float:
+        """The largest group's learning rate (the head's; ESM's is ``lr * sequence_model_lr_ratio``)."""
+        return max(g["lr"] for g in self.optimizer.param_groups)
+
     def _accumulation_steps(self) -> int:
         t, d = self.cfg.train, self.cfg.data
         world = self.dist.world_size
@@ -687,7 +691,7 @@ class Engine:
                 check()
                 value = float(window_loss / max(1, window_count))   # the only device->host read of the loss
                 self.log(f"epoch {epoch} step {self.step} loss {value:.5g} "
-                         f"lr {self.optimizer.param_groups[0]['lr']:.3g}")
+                         f"lr {self._lr():.3g}")
                 self._logger.scalars("train_step", {"loss": value}, self.step)
                 window_loss.zero_()
                 window_count = 0
@@ -783,7 +787,7 @@ class Engine:
     def _end_epoch(self) -> None:
         t = self.cfg.train
         epoch, es = self.epoch, self.epoch_state
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self._lr()
         peak = _peak_memory_mb(self.device)
         train_rec = {"epoch": epoch, "split": "train", "loss": es.loss_sum / max(1, es.batches),
                      **{k: v / max(1, es.batches) for k, v in es.logs.items()},
