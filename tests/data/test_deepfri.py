@@ -218,6 +218,14 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match=r"line \d+ \('1TRM-A'\): term '9.9.9.9' is not in the task list"):
         EnzymeCommission(d, progress=False)
 
+    d = copy("duplicate")
+    tsv = d / "nrPDB-EC_annot.tsv"
+    tsv.write_text(tsv.read_text() + "1TRM-A\t3.2.1.17\n")  # line 19: the last line wins, as in TorchDrug
+    with pytest.warns(UserWarning, match="annotated more than once"):
+        ds = EnzymeCommission(d, progress=False, workers=1)
+    assert ds.duplicate_annotations == [("1TRM-A", 19)]
+    assert torch.equal(ds[ds.names.index("1TRM-A")]["target"], _one_hot([6], 8))
+
     d = copy("no_annotation")
     tsv = d / "nrPDB-EC_annot.tsv"
     tsv.write_text("".join(line for line in tsv.read_text().splitlines(True) if not line.startswith("1TRM-A")))

@@ -35,7 +35,8 @@ partially from a truncated file, but in ``failures`` here). Annotated chains wit
 structure file are listed in ``missing_structures``. A structure file whose key has no annotation line,
 an annotation line naming a term absent from the task list, a malformed line, or an unreadable
 (truncated) split zip raises ``ValueError`` naming the file and the entry (TorchDrug fails later with a
-``KeyError``).
+``KeyError``). A chain annotated twice keeps its last line (TorchDrug's rule), with a warning
+(``duplicate_annotations``).
 
 Structures are parsed once, in parallel (``workers`` processes), into one memory-mapped protein cache per
 split, ``<cache_dir>/<split>.pt`` (default ``cache_dir``: ``<folder>/esmgear_fast_cache``), and reloaded
@@ -126,7 +127,12 @@ class _DeepFRIDataset(ProteinDataset):
         self.root = self._locate(path)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.root / "esmgear_fast_cache"
         removed = read_test_filter(self.root / self.test_file, test_cutoff)
+        self.duplicate_annotations: List[Tuple[str, int]] = []
         tasks, positives, descriptions = self._read_annotation(self.root / self.annotation_file)
+        if self.duplicate_annotations:
+            warnings.warn(f"{self.root / self.annotation_file}: {len(self.duplicate_annotations)} chain(s) annotated "
+                          f"more than once; the last line wins, as in TorchDrug (listed in .duplicate_annotations: "
+                          f"(chain, line)), e.g. {self.duplicate_annotations[:3]}", stacklevel=3)
         self.task_descriptions = descriptions
 
         caches, entry, names, split_ids, pos, failures = [], [], [], [], [], []
@@ -277,6 +283,10 @@ class _DeepFRIDataset(ProteinDataset):
             atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
         return rejected
 
+    def _note_duplicate(self, positives, key, lineno) -> None:
+        if key in positives:
+            self.duplicate_annotations.append((key, lineno))
+
     def _read_annotation(self, tsv):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -338,6 +348,7 @@ class EnzymeCommission(_DeepFRIDataset):
                 if len(row) != 2:
                     raise ValueError(f"{tsv}: line {lineno} has {len(row)} tab-separated fields, expected 2 "
                                      f"(PDB-chain, EC numbers): {row[:3]}")
+                self._note_duplicate(positives, row[0], lineno)
                 positives[row[0]] = _term_ids(tsv, lineno, row[0], row[1], task2id)
         return list(task2id), positives, None
 
@@ -382,5 +393,6 @@ class GeneOntology(_DeepFRIDataset):
                 if not row:
                     continue
                 text = row[b + 1] if b + 1 < len(row) else ""
+                self._note_duplicate(positives, row[0], lineno)
                 positives[row[0]] = _term_ids(tsv, lineno, row[0], text, task2id) if text else []
         return list(task2id), positives, list(descriptions)
