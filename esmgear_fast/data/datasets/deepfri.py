@@ -256,6 +256,14 @@ class _DeepFRIDataset(ProteinDataset):
                     return cache, list(cache.names), [os.path.basename(s) for s in cache.sources], failures
         t0 = time.perf_counter()
         jobs = [(c, m, _key(m)) for c, m in self._split_members(split, source)]
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.cache_dir / f".write-test{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise PermissionError(f"{type(self).__name__}: cannot write the parsed cache to {self.cache_dir} ({exc}); "
+                                  f"pass cache_dir= a writable folder") from None
         result = parse_members_to_cache(jobs, cache_path, workers=workers, progress=progress,
                                         desc=f"{type(self).__name__} {split}")
         failures = [(os.path.basename(m), e) for m, e in result.failures]
