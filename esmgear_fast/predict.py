@@ -402,7 +402,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise InputError("give structure INPUTs, or --pairs CSV for a mutation-stability model (not both)")
         files = discover_inputs(args.inputs) if args.inputs else None
         pairs = read_pairs(args.pairs) if args.pairs else None
+        if args.pairs and args.split_chains:
+            raise InputError("--split-chains does not apply to --pairs (each pair is two whole structures; "
+                             "use --chains to pick the chains of both)")
         predictor = Predictor(args.checkpoint, device=args.device, precision=args.precision)
+        if predictor.kind not in ("multilabel", "multiclass") and (args.top_k is not None or
+                                                                 args.threshold is not None):
+            raise InputError(f"--top-k/--threshold select labels of classification heads; this checkpoint has a "
+                             f"{predictor.kind} head")
         warnings.filterwarnings("ignore", message=".*could not be predicted")  # reported below instead
         if pairs is not None:
             preds = predictor.predict_pairs(pairs, batch_residues=args.batch_residues, chains=args.chains,

@@ -108,6 +108,9 @@ def test_predictor_api_regression_and_proteins(tmp_path, folder):
     assert float(row["gdt_ts"]) == pytest.approx(float(expected[0, 0]), rel=1e-5, abs=1e-4)
     with pytest.raises(ValueError, match="top terms are for classification"):
         preds.top(3)
+    assert main([str(folder / "1A8O.pdb"), "-c", str(ckpt), "-o", str(tmp_path / "k.tsv"), "--top-k", "2",
+                 "--quiet"]) == 2
+    assert not (tmp_path / "k.tsv").exists()
 
 
 def test_predict_multilabel_go_names_via_api(tmp_path, folder):
