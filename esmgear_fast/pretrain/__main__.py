@@ -113,13 +113,16 @@ def _is_structure(name: str) -> bool:
 
 
 def build_datasets(cfg: Config):
-    """The training set (pre-training has no validation/test split)."""
+    """The training set: every item of ``data.dataset`` (pre-training uses no validation/test split), with the
+    configured ``data.transforms``. Items are ``{"protein": Protein, ...}`` (labels, if any, are ignored)."""
     if cfg.data.dataset == "demo":
         return DemoStructures(os.path.expanduser(cfg.data.path) if cfg.data.path else None,
                               **dict(cfg.data.options or {}))
-    from ..train import build_datasets as train_datasets
-    train, _, _ = train_datasets(cfg)
-    return train
+    from ..train import TransformedDataset, _raw_dataset, build_transforms
+    data = _raw_dataset(cfg)
+    if len(data) == 0:
+        raise ValueError(f"data.dataset={cfg.data.dataset} at {cfg.data.path}: no proteins to pre-train on")
+    return TransformedDataset(data, build_transforms(cfg, True))
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -181,8 +184,11 @@ def resolve_config(args: argparse.Namespace) -> Tuple[Config, PretrainSection, O
     else:
         path = None
         plain, section = dict(DEMO_CONFIG), dict(DEMO_PRETRAIN)
-    _, section = _split({"pretrain": _apply_pretrain_overrides(section, mine)})
     cfg = load_config(None, engine_overrides, base=plain)
+    if path is None and not args.resume and cfg.task.name in METHODS:   # demo defaults that fit the method
+        valid = method_options(cfg.task.name)
+        section["options"] = {k: v for k, v in section["options"].items() if k in valid}
+    _, section = _split({"pretrain": _apply_pretrain_overrides(section, mine)})
     psec = PretrainSection(**section)
     psec.validate(cfg.task.name)
     if cfg.run.name is None and path is None:

@@ -91,3 +91,19 @@ def test_bad_configs(tmp_path, capsys):
     assert main(TINY + ["task.name=angle", "pretrain.options={mask_rate: 0.1}", f"run.out_dir={tmp_path / 'y'}"]) == 2
     assert "unknown option" in capsys.readouterr().err
     assert main(TINY + ["pretrain.export=torchdrug", f"run.out_dir={tmp_path / 'z'}"]) == 2
+
+
+def test_pretrain_on_a_structure_folder(tmp_path):
+    import shutil
+    from esmgear_fast.testing import real_structure_files
+    folder = tmp_path / "structures"
+    folder.mkdir()
+    for f in [f for f in real_structure_files() if f.name.endswith(".pdb.gz")][:4]:
+        shutil.copy(f, folder / f.name)
+    run = tmp_path / "run"
+    assert main(["model.esm=random:tiny", "model.hidden_dims=[16]", "data.dataset=structures", f"data.path={folder}",
+                 "data.batch_size=2", "task.name=residue_type", "train.epochs=1", "run.progress=false",
+                 "train.device=cpu", f"run.out_dir={run}", "pretrain.export=null"]) == 0
+    train = [r for r in _records(run) if r["split"] == "train"]
+    assert len(train) == 1 and math.isfinite(train[0]["loss"]) and train[0]["proteins"] == 4
+    assert not (run / "exports").exists()
