@@ -95,6 +95,11 @@ def _raw_dataset(cfg: Config):
         from .data.datasets.structures import StructureDataset
         if d.labels is not None:
             opts["labels"] = os.path.expanduser(d.labels)
+            # the label kind follows the task head unless data.options.task says otherwise
+            kinds = {"multiple_binary": "multilabel", "property": "regression", "multiclass": "multiclass",
+                     "binary": "binary"}
+            if "task" not in opts and cfg.task.name in kinds:
+                opts["task"] = kinds[cfg.task.name]
         return StructureDataset(_require_path(cfg), **opts)
     if name == "alphafold":
         from .data.datasets.alphafold import AlphaFoldDB
@@ -105,9 +110,21 @@ def _raw_dataset(cfg: Config):
     raise ConfigError(f"unknown data.dataset {name!r}")  # validate() already checks the choices
 
 
+class DatasetError(ValueError):
+    """The configured dataset cannot be built (bad files, labels that do not match the structures, ...)."""
+
+
 def build_datasets(cfg: Config) -> Tuple[Any, Optional[Any], Optional[Any]]:
     """``(train, valid, test)`` with the configured transforms (valid/test ``None`` for unsplit data)."""
-    full = _raw_dataset(cfg)
+    try:
+        full = _raw_dataset(cfg)
+    except (FileNotFoundError, ConfigError, ImportError):
+        raise
+    except (ValueError, KeyError, OSError, TypeError) as e:
+        where = f" at {cfg.data.path}" if cfg.data.path else ""
+        hint = (f" (data.options are passed to the dataset: {dict(cfg.data.options)})"
+                if isinstance(e, TypeError) else "")
+        raise DatasetError(f"data.dataset={cfg.data.dataset}{where}: {e}{hint}") from e
     if hasattr(full, "split"):
         train, valid, test = full.split()
     else:
@@ -240,7 +257,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         run(cfg, path)
     except (ConfigError, FileNotFoundError, FileExistsError, CheckpointError, NonFiniteLossError,
-            BatchOutOfMemoryError) as e:   # problems with the inputs: the message says what to do
+            BatchOutOfMemoryError, DatasetError) as e:   # problems with the inputs: the message says what to do
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:

@@ -132,3 +132,17 @@ def test_bad_init_checkpoint(tmp_path, capsys, ec_run):
 def test_resume_without_run_folder(tmp_path, capsys):
     assert main(["--resume", str(tmp_path)]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+
+
+def test_labels_not_matching_structures(tmp_path, capsys):
+    folder = tmp_path / "pdbs"
+    folder.mkdir()
+    for f in ("1TRM_A.pdb.gz", "pdb1ejg.pdb.gz"):
+        shutil.copy(HERE / "data" / "structures" / f, folder / f)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("name,split,label\n1TRM_A,train,a\npdb1ejg,valid,b\n9XYZ,test,a\n")
+    rc = main(["data.dataset=structures", f"data.path={folder}", f"data.labels={labels}", "data.options={}",
+               "task.name=multiclass", "model.esm=random:tiny", "model.hidden_dims=[8]",
+               f"run.out_dir={tmp_path / 'r'}"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "9XYZ" in err and "labels.csv" in err, err

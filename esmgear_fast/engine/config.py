@@ -10,7 +10,8 @@ One :class:`Config` with six sections, each a dataclass::
     run:    run folder, resume, starting checkpoint, loggers          (RunConfig)
 
 Configs are OmegaConf *structured* configs: a YAML file is merged onto the defaults, then ``key=value``
-overrides (dotted keys, YAML values: ``optim.lr=3e-4 data.transforms.truncate=null``). Unknown keys and
+overrides (dotted keys, YAML values: ``optim.lr=3e-4 data.transforms.truncate=null``); an override of a
+free-form mapping (``data.options={...}``, ``model.structure_options={...}``) replaces it instead of merging. Unknown keys and
 values of the wrong type fail with a :class:`ConfigError` that lists the valid keys of the section.
 :func:`save_config` writes the resolved config (``config.yaml`` of the run folder).
 
@@ -322,7 +323,14 @@ def load_config(path: Optional[Union[str, os.PathLike]] = None, overrides: Seque
             raise ConfigError(f"override '{item}': {e}") from None
         plain = OmegaConf.to_container(dot, resolve=False)
         _walk_unknown(plain, Config, "", f"override '{item}'")
-        cfg = _merge(cfg, plain, f"override '{key}'")
+        value = OmegaConf.select(dot, key)
+        node = OmegaConf.select(cfg, key, default=None)
+        if isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict and isinstance(value, DictConfig):
+            # a free-form mapping (data.options, model.structure_options): the override replaces it, so
+            # `data.options={}` clears options inherited from the file
+            OmegaConf.update(cfg, key, value, merge=False)
+        else:
+            cfg = _merge(cfg, plain, f"override '{key}'")
     try:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:

@@ -85,3 +85,13 @@ def test_saved_config_round_trips(tmp_path):
     assert config_to_dict(again) == config_to_dict(cfg)
     assert config_to_dict(config_from_dict(config_to_dict(cfg))) == config_to_dict(cfg)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_mapping_override_replaces(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  options:\n    max_length: 400\n    workers: 2\n")
+    assert load_config(path).data.options == {"max_length": 400, "workers": 2}
+    assert load_config(path, ["data.options={}"]).data.options == {}
+    assert load_config(path, ["data.options={workers: 1}"]).data.options == {"workers": 1}
+    assert load_config(path, ["data.options.workers=1"]).data.options == {"max_length": 400, "workers": 1}
+    assert load_config(path, ["data.transforms={truncate: 5}"]).data.transforms.truncate_random is True
