@@ -295,5 +295,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 1 if report.failures else 0
 
 
+class _CallableModule(type(sys)):
+    """Makes the module itself callable as :func:`embed`, so ``esmgear_fast.embed(paths, model)`` works whether
+    ``esmgear_fast.embed`` resolves to this module or to the function (the package exports it lazily, which
+    keeps ``python -m esmgear_fast.embed`` free of runpy's "found in sys.modules" warning)."""
+
+    def __call__(self, *args, **kwargs):
+        return embed(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -335,3 +335,16 @@ def test_embed_published_pth_and_model_file(tmp_path, mixed, model):
     assert e.metadata["config"]["kind"] == "model_file"
     with pytest.raises(ValueError, match="fusion"):
         load_model(str(pth), fusion="parallel")  # serial weights: the structure input width says so
+
+
+def test_module_is_callable_and_cli_runs_without_runpy_warning(mixed, model):
+    import esmgear_fast.embed as embed_module
+
+    root, good, _ = mixed
+    a = embed_module(str(good[0]), model)  # esmgear_fast.embed(...) works as a function
+    b = embed(str(good[0]), model)
+    assert list(a) == list(b) and torch.equal(next(iter(a.values())), next(iter(b.values())))
+    res = subprocess.run([sys.executable, "-m", "esmgear_fast.embed", "--help"], capture_output=True, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=120)
+    assert res.returncode == 0 and "--per-residue" in res.stdout
+    assert "found in sys.modules" not in res.stderr  # the package must not import .embed eagerly
