@@ -11,10 +11,11 @@ from ._base import PretrainTask, TaskOutput, mlp
 def info_nce(x: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-protein log-probability of the positive: ``s_bb - logsumexp_c s_bc`` with ``s = cos(x_b, y_c) / τ``
     (views of the other proteins of the batch are the negatives; one direction, x against all y, as TorchDrug)."""
-    x = F.normalize(x.float(), dim=-1)
-    y = F.normalize(y.float(), dim=-1)
-    score = x @ y.t() / temperature
-    return score.diagonal() - score.logsumexp(dim=-1)
+    with torch.autocast(x.device.type, enabled=False):     # similarities / 0.07 need float32 under AMP
+        x = F.normalize(x.float(), dim=-1)
+        y = F.normalize(y.float(), dim=-1)
+        score = x @ y.t() / temperature
+        return score.diagonal() - score.logsumexp(dim=-1)
 
 
 class MultiviewContrast(PretrainTask):
