@@ -121,3 +121,15 @@ def test_siamdiff_views_masks_and_targets(small_batch):
     assert shift == pytest.approx(math.sqrt(1 - alpha) / math.sqrt(alpha), rel=0.25)
     assert torch.equal(out.target, small_batch.residue_type[v1["residue_mask"]])
     assert math.isfinite(out.loss.item())
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_bf16_autocast_losses_are_float32(method, small_batch):
+    torch.manual_seed(2)
+    options = {"num_sample": 16} if method in ("distance", "angle", "dihedral") else {}
+    task = build_pretrain_task(method, _model(), options)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = task({"protein": small_batch})
+    assert out.loss.dtype == torch.float32 and math.isfinite(out.loss.item())
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in task.parameters() if p.grad is not None)
