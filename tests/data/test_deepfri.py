@@ -242,3 +242,51 @@ def test_bad_input(tmp_path):
     (d / "valid.zip").unlink()
     with pytest.raises(FileNotFoundError, match="valid split"):
         EnzymeCommission(d, progress=False, workers=1)
+
+
+def test_same_samples_and_labels_as_torchdrug(tmp_path, monkeypatch):
+    """Optional peer check: TorchDrug 0.2.1's own EnzymeCommission/GeneOntology on the same folders.
+
+    Runs only where torchdrug (and rdkit) import, e.g. PYTHONPATH=<torchdrug 0.2.1>:<rdkit>. TorchDrug reads
+    the fixture offline (its download step is pointed at a local EnzymeCommission.zip). Expected differences
+    are exactly the reader disagreements: 3D5T-C (RDKit rejects it, ours reads it) and 1HVR-B (truncated:
+    RDKit reads the first part, ours reports the file).
+    """
+    pytest.importorskip("rdkit")
+    td = pytest.importorskip("torchdrug")
+    from torchdrug import datasets as td_datasets
+    from torchdrug import utils as td_utils
+
+    for folder, td_cls, ours_kw in (("EnzymeCommission", td_datasets.EnzymeCommission, {}),
+                                    ("GeneOntology", td_datasets.GeneOntology, {"branch": "BP"})):
+        root = tmp_path / folder
+        root.mkdir()
+        with zipfile.ZipFile(root / f"{folder}.zip", "w") as zf:
+            for f in sorted((FIXTURE / folder).iterdir()):
+                zf.write(f, f"{folder}/{f.name}")
+        monkeypatch.setattr(td_utils, "download", lambda url, path, save_file=None, md5=None, _r=root:
+                            str(_r / f"{folder}.zip"))
+        for cutoff in (0.95, 0.5):
+            theirs = td_cls(str(root), test_cutoff=cutoff, verbose=0, **ours_kw)
+            their_keys = [os.path.basename(f).split("_")[0] for f in theirs.pdb_files]
+            ours = (_ec if folder == "EnzymeCommission" else
+                    lambda p, **k: GeneOntology(p, progress=False, **k))(FIXTURE_COPY(tmp_path, folder, cutoff),
+                                                                        test_cutoff=cutoff, rdkit_check=True,
+                                                                        **ours_kw)
+            ec = folder == "EnzymeCommission"
+            assert ours.tasks == list(theirs.tasks)
+            assert [k for k in their_keys if k != "1HVR-B"] == [n for n in ours.names if n != "3D5T-C"]
+            assert set(their_keys) - set(ours.names) == ({"1HVR-B"} if ec else set())
+            assert set(ours.names) - set(their_keys) == {"3D5T-C"}
+            assert ours.rdkit_rejected == ["3D5T-C"] and ours.rdkit_only == (["1HVR-B_46.pdb"] if ec else [])
+            assert list(theirs.num_samples) == [n + (k == 0 and ec) - (k == 2) for k, n in enumerate(ours.num_samples)]
+            for i, key in enumerate(their_keys):
+                if key in ours.names:
+                    assert torch.equal(theirs[i]["targets"].float(), ours[ours.names.index(key)]["target"]), key
+
+
+def FIXTURE_COPY(tmp_path, folder, cutoff):
+    dest = tmp_path / f"ours_{folder}_{cutoff}"
+    if not dest.exists():
+        shutil.copytree(FIXTURE / folder, dest / folder)
+    return dest
