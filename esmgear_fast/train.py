@@ -219,7 +219,7 @@ def run(cfg: Config, config_path: Optional[Path] = None) -> dict:
     dist = D.init_distributed(cfg.train.device)
     out_dir = _out_dir(cfg, config_path, dist)
     cfg.run.out_dir = str(out_dir)
-    if dist.is_main and not cfg.run.resume and (out_dir / "checkpoints" / "last.pt").exists():
+    if not cfg.run.resume and (out_dir / "checkpoints" / "last.pt").exists():
         raise FileExistsError(f"{out_dir} already holds a run (checkpoints/last.pt); continue it with "
                               f"--resume {out_dir} (or run.resume=true), or choose another run.out_dir")
     seed_everything(cfg.train.seed)

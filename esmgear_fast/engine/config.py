@@ -180,7 +180,9 @@ class TrainConfig:
     device: ``auto`` (the local CUDA device under torchrun, else ``cuda`` when available, else ``cpu``),
         or a torch device string.
     sync_batchnorm: convert BatchNorm to SyncBatchNorm under multi-GPU DDP.
-    find_unused_parameters: DDP's flag (pre-training methods whose heads skip some parameters).
+    find_unused_parameters: DDP's flag. On by default: fine-tuning never uses ESM's language-model head
+        and pre-training methods skip other heads, and DDP needs to know. ``false`` saves a graph traversal
+        per step when every parameter gets a gradient.
     """
     epochs: int = 10
     effective_batch_size: Optional[int] = None
@@ -197,7 +199,7 @@ class TrainConfig:
     max_steps_per_epoch: Optional[int] = None
     device: str = "auto"
     sync_batchnorm: bool = True
-    find_unused_parameters: bool = False
+    find_unused_parameters: bool = True
 
 
 @dataclass

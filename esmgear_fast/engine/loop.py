@@ -389,6 +389,10 @@ class Engine:
         if t.max_steps_per_epoch is not None:
             batches = batches[: t.max_steps_per_epoch * self.accumulation]
         if not batches:
+            if world > 1:
+                raise ValueError(f"the training set ({len(self.train_set)} items) gives this process (rank {rank} of "
+                                 f"{world}) no batch: every process needs at least one (lower data.batch_size / "
+                                 f"data.max_residues or use fewer processes)")
             raise ValueError("the training set is empty")
         return batches
 
@@ -769,8 +773,9 @@ class Engine:
             if hasattr(task, "preprocess"):   # training-set statistics (a resumed checkpoint restores them)
                 with _seeded_rngs(item_seed(t.seed, 0x9E)):
                     task.preprocess(self.train_set)
-            if cfg.run.resume:
-                self.resume()
+            if cfg.run.resume and not self.resume():
+                self.log(f"run.resume: no {self.ckpt_dir / 'last.pt'} yet (the run stopped before its first "
+                         f"checkpoint); starting from the beginning")
             self._logger.epoch_records(self.records)
             world = self.dist.world_size
             self.log(f"training on {self.device} x {world} process(es), precision {self.precision}, "

@@ -1,68 +1,75 @@
-"""DDP on CPU: 2 processes with gloo under torchrun --standalone.
+"""DDP on CPU: ``torchrun --standalone --nproc_per_node=2 -m esmgear_fast.train`` with gloo, on the EC fixture
+(real chains) with a tiny ESM-GearNet (whose ESM language-model head gets no gradient, as in fine-tuning).
 
 Checks that both ranks hold identical parameters after every optimizer step (each rank writes a checksum
-in debug mode), that the evaluation metrics gathered across ranks equal a single-process evaluation of
-the same weights, and that the run folder has the same files as a single-process run.
+in debug mode), that the run folder has the same files as a single-process run, and that the test metrics
+gathered across ranks equal a single-process evaluation of the saved weights (rank 1 has no test batch:
+it joins the gather with nothing).
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import engine_standin as S  # noqa: E402
-
-from esmgear_fast.engine.checkpoint import load_checkpoint  # noqa: E402
-from esmgear_fast.engine.config import load_config  # noqa: E402
-from esmgear_fast.engine.distributed import DistInfo  # noqa: E402
-from esmgear_fast.engine.loop import Engine  # noqa: E402
-
-# eval_batch_size=4: the 4-item valid/test sets are one batch, so rank 1 evaluates nothing and joins the
-# gather with an empty tensor
-ARGS = ["train.epochs=1", "data.batch_size=2", "train.effective_batch_size=8", "run.debug_checksums=true",
-        "data.eval_batch_size=4"]
+ROOT = Path(__file__).resolve().parents[2]
+EC_FIXTURE = ROOT / "tests" / "data" / "fixtures" / "deepfri" / "EnzymeCommission"
 
 
 def _files(root: Path):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and "debug" not in p.parts)
 
 
-def test_two_process_gloo_run(tmp_path):
+def test_torchrun_two_process_gloo(tmp_path):
+    from esmgear_fast.data.samples import collate_samples
+    from esmgear_fast.engine.checkpoint import load_task
+    from esmgear_fast.engine.config import load_config
+    from esmgear_fast.train import build_datasets, main
+
+    data = tmp_path / "EC"
+    shutil.copytree(EC_FIXTURE, data)
+    cfg = {
+        "data": {"dataset": "EnzymeCommission", "path": str(data), "options": {"workers": 1, "progress": False},
+                 "transforms": {"truncate": 100}, "batch_size": 1, "eval_batch_size": 2},
+        "model": {"esm": "random:tiny", "structure": "gearnet", "hidden_dims": [16, 16]},
+        "task": {"name": "multiple_binary", "num_mlp_layer": 2},
+        "optim": {"lr": 1e-3},
+        # 7 training chains, 1 per rank per micro-batch: 3 micro-batches per rank, accumulation 4 / (2 x 1) = 2
+        # -> optimizer steps after micro-batches 2 (the first one under no_sync) and 3 (a partial group)
+        "train": {"epochs": 1, "effective_batch_size": 4, "log_every": 1},
+        "run": {"progress": False, "tensorboard": False, "debug_checksums": True},
+    }
+    path = tmp_path / "ec.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+
+    single = tmp_path / "single"                 # also builds the dataset cache before the two ranks start
+    assert main(["--config", str(path), f"run.out_dir={single}"]) == 0
+
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent.parent)] + env.get("PYTHONPATH", "").split(os.pathsep))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "engine_standin.py"), str(out)] + ARGS
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+           "-m", "esmgear_fast.train", "--config", str(path), f"run.out_dir={out}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    # identical parameters on both ranks after every step (12 items / (2 ranks x 2) = 3 micro-batches per
-    # rank, accumulation 8 / (2 x 2) = 2 -> 2 optimizer steps: a full group (no_sync on its first
-    # micro-batch) and a partial one)
-    r0 = (out / "debug" / "checksums-rank0.txt").read_text().split("\n")
-    r1 = (out / "debug" / "checksums-rank1.txt").read_text().split("\n")
-    assert r0 == r1 and len([x for x in r0 if x]) == 2
-
-    # only rank 0 wrote; the same files as a single-process run
-    single = tmp_path / "single"
-    S.main([str(single)] + ARGS)
+    r0 = (out / "debug" / "checksums-rank0.txt").read_text().splitlines()
+    r1 = (out / "debug" / "checksums-rank1.txt").read_text().splitlines()
+    assert r0 == r1 and [x.split()[0] for x in r0] == ["1", "2"]
     assert _files(out) == _files(single)
-    assert "checkpoints/last.pt" in _files(out) and "summary.json" in _files(out)
 
-    # gathered evaluation == single-process evaluation of the DDP run's final weights
-    summary = json.loads((out / "summary.json").read_text())
-    ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2
-    task = S.TinyTask()
-    task.load_state_dict(ckpt["model"])
-    cfg = load_config(overrides=S.BASE + ARGS)
-    train, valid, test = S.datasets()
-    engine = Engine(cfg, task, train, valid, test, out_dir=tmp_path / "eval", dist=DistInfo())
-    metrics = engine.evaluate(test, "test")
-    for k in ("accuracy", "bce"):
-        assert metrics[k] == pytest.approx(summary["last_test"][k], rel=1e-6, abs=1e-7), k
+    summary = json.loads((out / "summary.json").read_text())
+    task, _ = load_task(out / "checkpoints" / "last.pt")
+    _, _, test = build_datasets(load_config(path))
+    inputs = collate_samples([test[i] for i in range(len(test))])
+    assert len(test) == 2                          # one evaluation batch of 2: rank 1 evaluates nothing
+    with torch.no_grad():
+        metrics = task.evaluate(task.predict(inputs), inputs["target"])
+    for k in ("f1_max", "auprc@micro"):
+        assert metrics[k] == pytest.approx(summary["last_test"][k], abs=1e-6), k
