@@ -1,6 +1,12 @@
-"""Batching and preprocessing: packed :class:`ProteinBatch` via :func:`collate`, and the on-disk
-:class:`ProteinCache` written by ``python -m esmgear_fast.data.prepare SRC_DIR OUT`` (Python API:
-:func:`esmgear_fast.data.prepare.prepare`).
+"""Batching, preprocessing and datasets.
+
+* packed :class:`ProteinBatch` via :func:`collate`; the on-disk :class:`ProteinCache` written by
+  ``python -m esmgear_fast.data.prepare SRC_DIR OUT`` (Python API: :func:`esmgear_fast.data.prepare.prepare`);
+* datasets returning dict samples (:mod:`esmgear_fast.data.samples`): :class:`EnzymeCommission`,
+  :class:`GeneOntology` (DeepFRI, as TorchDrug has them), :class:`StructureDataset` (your own files + CSV);
+  :func:`collate_samples` packs their samples, :func:`move_to` moves a packed batch to a device;
+* transforms (:mod:`esmgear_fast.data.transforms`) and batch samplers by residue count or fixed size,
+  with DDP variants (:mod:`esmgear_fast.data.samplers`).
 
 Example::
 
@@ -11,6 +17,11 @@ Example::
     cache = ProteinCache("proteins.pt")
     for batch in DataLoader(cache, batch_size=32, shuffle=True, collate_fn=collate, num_workers=2):
         batch = batch.to("cuda", non_blocking=True)   # batch.pos [N, 3], batch.batch [N], batch.ptr [B+1]
+
+    from esmgear_fast.data import EnzymeCommission, LengthBatchSampler, TruncateProtein, collate_samples
+    train, valid, test = EnzymeCommission("data/", transform=TruncateProtein(550)).split()
+    sampler = LengthBatchSampler(train.lengths, max_residues=8192, seed=0)
+    loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate_samples)  # {"protein", "target", "names"}
 """
 from .batch import ProteinBatch, collate
 from .cache import ProteinCache, write_cache
