@@ -350,7 +350,13 @@ class FusionNetwork(nn.Module):
 
         ``graph``: a (possibly edited) result of :meth:`build_graph`; ``None`` builds it here.
         ``residue_mask`` (bool ``[N]``): those residues get ESM's ``mask_token`` and an all-zero
-        one-hot structure input (GearNet-Edge edge features see them as unknown type).
+        one-hot structure input (GearNet-Edge edge features see them as unknown type). In serial
+        fusion the structure encoder reads ESM's output for the masked tokens.
+
+        ESM-GearNet's residue-type pre-training (TorchDrug ``AttributeMasking``) instead zeroes the
+        one-hot ``residue_feature`` and sets ``residue_type`` to 0, so its ESM reads glycine (``G``)
+        at masked residues and its GearNet-Edge edge features see glycine; set
+        ``model.mask_token = esmgear_fast.esm.TOKENS.index("G")`` to feed ESM the same token.
         """
         self.check_batch(batch)
         N = batch.num_nodes
