@@ -159,6 +159,7 @@ class LengthBatchSampler(_Resumable):
         self.max_residues = int(max_residues)
         self.max_batch_size = None if max_batch_size is None else int(max_batch_size)
         self.drop_last = bool(drop_last)
+        self._drop_small_last = self.drop_last
         self.num_oversized = int((self.lengths > self.max_residues).sum())
         if self.num_oversized:
             warnings.warn(f"{self.num_oversized} of {len(self.lengths)} proteins are longer than max_residues="
@@ -167,7 +168,7 @@ class LengthBatchSampler(_Resumable):
 
     def _global_batches(self, epoch: int) -> List[List[int]]:
         batches = length_batches(self.lengths, self._order(epoch), self.max_residues, self.max_batch_size)
-        if self.drop_last and batches and int(self.lengths[batches[-1]].sum()) < self.max_residues // 2:
+        if self._drop_small_last and batches and int(self.lengths[batches[-1]].sum()) < self.max_residues // 2:
             batches.pop()
         return batches
 
@@ -241,7 +242,10 @@ class DistributedLengthBatchSampler(LengthBatchSampler):
 
 
 class DistributedBatchSampler(FixedBatchSampler):
-    """:class:`FixedBatchSampler` for DDP: disjoint batches per rank, equal counts (module docstring)."""
+    """:class:`FixedBatchSampler` for DDP: disjoint batches per rank, equal counts (module docstring).
+
+    ``drop_last`` drops the incomplete last batch and then the incomplete last round of batches.
+    """
 
     def __init__(self, num_items: int, batch_size: int, num_replicas: Optional[int] = None, rank: Optional[int] = None,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False, even_batches: bool = True):
