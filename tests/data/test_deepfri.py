@@ -290,3 +290,12 @@ def FIXTURE_COPY(tmp_path, folder, cutoff):
     if not dest.exists():
         shutil.copytree(FIXTURE / folder, dest / folder)
     return dest
+
+
+def test_command_line(tmp_path, capsys):
+    shutil.copytree(FIXTURE / "GeneOntology", tmp_path / "GeneOntology")
+    assert deepfri_module.main(["GO", str(tmp_path), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "GeneOntology (test_cutoff=0.95): 4 / 2 / 2 train / valid / test, 4 tasks, 1 removed" in out
+    assert "0 unreadable file(s)" in out
+    assert (tmp_path / "GeneOntology" / "esmgear_fast_cache" / "train.pt").is_file()
