@@ -42,7 +42,7 @@ Structures are parsed once, in parallel (``workers`` processes), into one memory
 split, ``<cache_dir>/<split>.pt`` (default ``cache_dir``: ``<folder>/esmgear_fast_cache``), and reloaded
 from there on later constructions (a manifest next to it records the source zip's size and modification
 time and the package version; a changed zip or a new version is re-parsed). GO's three branches share one cache.
-``python -m esmgear_fast.data.datasets.deepfri {EC,GO} PATH --workers N`` builds the caches ahead of a run.
+``python -m esmgear_fast.data.datasets {EC,GO} PATH --workers N`` builds the caches ahead of a run.
 """
 from __future__ import annotations
 
@@ -408,11 +408,11 @@ class GeneOntology(_DeepFRIDataset):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m esmgear_fast.data.datasets.deepfri {EC,GO} PATH [--workers N] [--rdkit-check]``: builds the
+    """``python -m esmgear_fast.data.datasets {EC,GO} PATH [--workers N] [--rdkit-check]``: builds the
     parsed caches once (e.g. before a multi-GPU run) and prints split sizes, failures and missing chains."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m esmgear_fast.data.datasets.deepfri",
+    ap = argparse.ArgumentParser(prog="python -m esmgear_fast.data.datasets",
                                  description="Parse DeepFRI's EC or GO structures into esmgear_fast's caches.")
     ap.add_argument("dataset", choices=("EC", "GO"))
     ap.add_argument("path", help="folder holding EnzymeCommission/ or GeneOntology/ (or the .zip)")
@@ -440,6 +440,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{len(ds.rdkit_only)} file(s) RDKit reads that fail here: {ds.rdkit_only[:20]}")
     return 0
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
