@@ -3,7 +3,8 @@
 * packed :class:`ProteinBatch` via :func:`collate`; the on-disk :class:`ProteinCache` written by
   ``python -m esmgear_fast.data.prepare SRC_DIR OUT`` (Python API: :func:`esmgear_fast.data.prepare.prepare`);
 * datasets returning dict samples (:mod:`esmgear_fast.data.samples`): :class:`EnzymeCommission`,
-  :class:`GeneOntology` (DeepFRI, as TorchDrug has them), :class:`StructureDataset` (your own files + CSV);
+  :class:`GeneOntology` (DeepFRI, as TorchDrug has them), :class:`PSR`, :class:`MSP` (Atom3D LMDB),
+  :class:`AlphaFoldDB` (pre-training), :class:`StructureDataset` (your own files + CSV);
   :func:`collate_samples` packs their samples, :func:`move_to` moves a packed batch to a device;
 * transforms (:mod:`esmgear_fast.data.transforms`) and batch samplers by residue count or fixed size,
   with DDP variants (:mod:`esmgear_fast.data.samplers`).
@@ -25,13 +26,17 @@ Example::
 """
 from .batch import ProteinBatch, collate
 from .cache import ProteinCache, write_cache
-from .datasets import EnzymeCommission, GeneOntology, ProteinDataset, StructureDataset
+from .datasets import (MSP, PSR, AlphaFoldDB, AlphaFoldDBStream, EnzymeCommission, GeneOntology, ProteinDataset,
+                       StructureDataset)
+from .download import download_url, missing_data_error
 from .samplers import (DistributedBatchSampler, DistributedLengthBatchSampler, FixedBatchSampler,
                        LengthBatchSampler)
 from .samples import collate_samples, move_to
 from .transforms import Compose, RandomCrop, TruncateProtein, TruncateProteinPair
 
 __all__ = [
+    "AlphaFoldDB",
+    "AlphaFoldDBStream",
     "Compose",
     "DistributedBatchSampler",
     "DistributedLengthBatchSampler",
@@ -39,6 +44,8 @@ __all__ = [
     "FixedBatchSampler",
     "GeneOntology",
     "LengthBatchSampler",
+    "MSP",
+    "PSR",
     "ProteinBatch",
     "ProteinCache",
     "ProteinDataset",
@@ -48,6 +55,8 @@ __all__ = [
     "TruncateProteinPair",
     "collate",
     "collate_samples",
+    "download_url",
+    "missing_data_error",
     "move_to",
     "write_cache",
 ]
