@@ -500,6 +500,7 @@ class Engine:
         """Loss and the task's metrics over the whole ``dataset`` (predictions gathered from every rank)."""
         if self.dist.distributed:
             self._broadcast_buffers()
+        was_training = self.task.training
         self.task.eval()
         batches = self.eval_batches(dataset)
         preds, targets, order = [], [], []
@@ -528,7 +529,7 @@ class Engine:
                     target = inputs["target"]
                 targets.append(target.detach())
                 order.append(torch.tensor(indices, dtype=torch.int64, device=self.device))
-        self.task.train()
+        self.task.train(was_training)
         # whole-set loss (every rank's sums)
         keys = sorted(logs)
         if self.dist.distributed:   # a rank without batches has no log keys: use the union
