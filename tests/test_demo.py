@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from esmgear_fast.demo import DEMO_DATA, DemoDataset, demo_dataset
+from esmgear_fast.demo import DEMO_DATA, DemoDataset, demo_dataset, demo_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -119,3 +119,9 @@ def test_demo_trains_end_to_end(tmp_path):
     _, baseline = DemoDataset().split()[2].majority_baseline()
     accuracy = summary["best_test"]["accuracy"]
     assert accuracy > baseline + 0.15, (accuracy, baseline)
+
+    report = demo_report(out).splitlines()
+    assert len(report) == 1 + 2 + 1                       # header, one row per epoch, the verdict
+    test_rows = {r["epoch"]: r["accuracy"] for r in lines if r["split"] == "test"}
+    assert float(report[2].split()[4]) == pytest.approx(test_rows[1], abs=1e-4)
+    assert f"{accuracy:.3f}" in report[-1] and f"baseline {baseline:.3f}" in report[-1]

@@ -31,7 +31,7 @@ import torch
 from ..io.protein import Protein
 from ..io.residues import sequence_to_residue_type
 
-__all__ = ["DEMO_DATA", "DemoDataset", "demo_dataset", "SPLITS"]
+__all__ = ["DEMO_DATA", "DemoDataset", "demo_dataset", "demo_report", "SPLITS"]
 
 #: the packaged data file
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data.npz"
@@ -198,3 +198,39 @@ class DemoDataset(torch.utils.data.Dataset):
 def demo_dataset(path: Union[str, os.PathLike, None] = None, **options) -> DemoDataset:
     """The demo dataset (what ``data.dataset: demo`` builds); ``options`` go to :class:`DemoDataset`."""
     return DemoDataset(path, **options)
+
+
+def demo_report(run_dir: Union[str, os.PathLike], path: Union[str, os.PathLike, None] = None,
+                **options) -> str:
+    """A per-epoch table of a finished demo run (from ``RUN/metrics.jsonl`` and ``RUN/summary.json``) and the
+    held-out result next to the trivial baseline, as text to print at the end of the demo.
+
+    ``path`` / ``options``: the dataset the run used (``data.path`` / ``data.options``), for the baseline.
+    """
+    import json
+
+    run_dir = Path(run_dir)
+    rows: Dict[int, Dict[str, float]] = {}
+    with open(run_dir / "metrics.jsonl") as f:
+        for line in f:
+            r = json.loads(line)
+            row = rows.setdefault(int(r["epoch"]), {})
+            if r["split"] == "train":
+                row["train loss"] = r["loss"]
+            elif r["split"] in ("valid", "test"):
+                row[f"{r['split']} acc"] = r.get("accuracy", float("nan"))
+                row[f"{r['split']} macro-F1"] = r.get("macro_f1", float("nan"))
+    columns = ["train loss", "valid acc", "valid macro-F1", "test acc", "test macro-F1"]
+    lines = ["epoch  " + "  ".join(f"{c:>14s}" for c in columns)]
+    for epoch in sorted(rows):
+        lines.append(f"{epoch:5d}  " + "  ".join(
+            f"{rows[epoch][c]:14.4f}" if c in rows[epoch] else f"{'-':>14s}" for c in columns))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    test = DemoDataset(path, **options).split()[2]
+    name, baseline = test.majority_baseline()
+    best = summary.get("best_test") or {}
+    if "accuracy" in best:
+        lines.append(f"held-out test accuracy {best['accuracy']:.3f} (macro-F1 {best.get('macro_f1', float('nan')):.3f}, "
+                     f"best validation epoch {summary.get('best_epoch')}) vs trivial baseline {baseline:.3f} "
+                     f"(always '{name}', the test set's most frequent class; {len(test)} held-out chains)")
+    return "\n".join(lines)
