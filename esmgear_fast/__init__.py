@@ -11,6 +11,7 @@ __all__ = ["BackendUnavailableError", "backend", "get_backend", "nn", "ops", "re
 def __getattr__(name):
     # Lazy, so `python -m esmgear_fast.embed` does not find the module already imported (runpy warns).
     if name == "embed":  # the module is callable: esmgear_fast.embed(paths, model, per_residue=False, ...)
-        from . import embed as module
-        return module
+        import importlib
+
+        return importlib.import_module(".embed", __name__)
     raise AttributeError(f"module 'esmgear_fast' has no attribute {name!r}")
