@@ -23,3 +23,18 @@ def test_bench_graph_smoke(tmp_path):
         if r["impl"].startswith("extension"):
             assert r["speedup_vs_reference"] > 0
     assert "speedup_vs_reference" in proc.stdout
+
+
+def test_bench_datasets_smoke(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_datasets.py"), "--files", "12", "--reload", "100",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    prepare = [r for r in rows if r["task"] == "prepare"]
+    reload = [r for r in rows if r["task"] == "reload"]
+    assert prepare and all(r["files"] == 12 and r["files_per_s"] > 0 for r in prepare)
+    assert len(reload) == 1 and reload[0]["items"] == 100 and reload[0]["load_s"] > 0
