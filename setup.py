@@ -70,6 +70,8 @@ def extension():
 setup(
     packages=find_packages(include=["esmgear_fast", "esmgear_fast.*"]) + ["esmgear_fast.kernels"],
     package_dir={"esmgear_fast.kernels": "kernels"},
+    # the zero-argument demo: its config and its real-structure data ship inside the package
+    package_data={"esmgear_fast": ["configs/*.yaml", "demo/*.npz"]},
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )
