@@ -33,7 +33,8 @@ from ..engine import distributed as D
 from ..engine.config import Config, ConfigError, load_config
 from . import METHODS, build_pretrain_task, method_options
 
-__all__ = ["PretrainSection", "DemoStructures", "build", "export_esm_gearnet", "main", "resolve_config", "run"]
+__all__ = ["PretrainSection", "DemoStructures", "build", "export_esm_gearnet", "load_pretrain_task", "main",
+           "resolve_config", "run"]
 
 EXPORTS = (None, "esm_gearnet")
 
@@ -222,6 +223,26 @@ def export_esm_gearnet(task, path) -> Path:
     return path
 
 
+def load_pretrain_task(path, map_location="cpu"):
+    """``(task, config, pretrain_section)`` of a pre-training checkpoint (``last.pt``/``best.pt``/``epoch_<k>.pt``):
+    the method rebuilt with the options stored in the file (``engine.checkpoint.load_task`` would use the
+    method's defaults), weights loaded strictly, in eval mode."""
+    from ..engine.checkpoint import check_state_dict, load_checkpoint
+    from ..engine.config import config_from_dict
+    from ..models.factory import build_model
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if "pretrain" not in ckpt:
+        raise ValueError(f"{path} is not a pre-training checkpoint of python -m esmgear_fast.pretrain "
+                         f"(no 'pretrain' entry); use esmgear_fast.engine.checkpoint.load_task")
+    cfg = config_from_dict(ckpt["config"])
+    psec = PretrainSection(**ckpt["pretrain"])
+    model = build_model(cfg.model, pretrained=False)
+    task = build_pretrain_task(cfg.task.name, model, dict(psec.options))
+    check_state_dict(task.state_dict(), ckpt["model"], f"checkpoint {path}")
+    task.load_state_dict(ckpt["model"], strict=True)
+    return task.to(map_location).eval(), cfg, psec
+
+
 def _engine_class():
     from ..engine.loop import Engine
 
@@ -232,6 +253,11 @@ def _engine_class():
         def __init__(self, *a, psec: PretrainSection, **kw):
             super().__init__(*a, **kw)
             self.psec = psec
+
+        def _payload(self, full: bool):
+            payload = super()._payload(full)
+            payload["pretrain"] = asdict(self.psec)       # the method options (read by load_pretrain_task)
+            return payload
 
         def _end_epoch(self) -> None:
             super()._end_epoch()

@@ -107,3 +107,13 @@ def test_pretrain_on_a_structure_folder(tmp_path):
     train = [r for r in _records(run) if r["split"] == "train"]
     assert len(train) == 1 and math.isfinite(train[0]["loss"]) and train[0]["proteins"] == 4
     assert not (run / "exports").exists()
+
+
+def test_load_pretrain_task_keeps_options(runs):
+    from esmgear_fast.pretrain.__main__ import load_pretrain_task
+    straight, _ = runs
+    task, cfg, psec = load_pretrain_task(straight / "checkpoints" / "best.pt")
+    assert type(task).__name__ == "AnglePrediction" and task.num_sample == 16 and psec.export == "esm_gearnet"
+    ours = torch.load(straight / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)["model"]
+    for k, v in task.state_dict().items():
+        assert torch.equal(v, ours[k]), k
