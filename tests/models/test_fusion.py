@@ -3,7 +3,6 @@ the structure encoder on an independently built graph + ESM-GearNet's combinatio
 plain PyTorch), the cross block equals nn.MultiheadAttention on padded input, output widths, rigid-motion
 invariance, ESM windows, all Table-2 combinations forward + backward on real structures, bad input."""
 import dataclasses
-import math
 
 import esm as fair_esm
 import pytest
