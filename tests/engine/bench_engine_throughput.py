@@ -2,7 +2,7 @@
 
     python tests/engine/bench_engine_throughput.py [--esm random:esm2_t30_150M_UR50D] [--steps 3] [--batch 2]
 
-Both run the same proteins (real chains, 100-300 residues), batch size, Adam, fp32, on CPU, alternating
+Both run the same proteins in the same batches (real chains, 100-300 residues), batch size, Adam, fp32, on CPU, alternating
 (engine, plain, engine, plain) after one warm-up step each. Prints one JSON line per measurement and a
 summary line (proteins/s, engine / plain ratio). Not a pytest test (too slow for CI).
 """
@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE))
 from esmgear_fast.data.samples import collate_samples  # noqa: E402
 from esmgear_fast.engine.config import load_config  # noqa: E402
 from esmgear_fast.engine.distributed import DistInfo  # noqa: E402
-from esmgear_fast.engine.loop import Engine  # noqa: E402
+from esmgear_fast.engine.loop import Engine, item_seed  # noqa: E402
 from esmgear_fast.models.factory import ModelConfig, build_model  # noqa: E402
 from esmgear_fast.tasks import TaskConfig, build_task  # noqa: E402
 from esmgear_fast.testing import real_proteins  # noqa: E402
@@ -48,7 +48,8 @@ class Data(torch.utils.data.Dataset):
 
 def plain_loop(task, data, batch, steps, seed):
     opt = torch.optim.Adam(task.parameter_groups(1e-4, 0.1))
-    g = torch.Generator().manual_seed(seed)
+    # the engine's own batch order for (seed, epoch 0), so both loops see the same proteins
+    g = torch.Generator().manual_seed(item_seed(seed, 0))
     order = torch.randperm(len(data), generator=g).tolist()
     task.train()
     t0 = time.perf_counter()
