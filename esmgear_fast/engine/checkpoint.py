@@ -242,6 +242,10 @@ def load_task(path: Union[str, os.PathLike], map_location: Any = "cpu") -> Tuple
     from ..tasks import build_task
     from .config import config_from_dict
     ckpt = load_checkpoint(path, map_location="cpu")
+    if "pretrain" in ckpt:   # a pre-training method: rebuilt with the options stored in the file
+        from ..pretrain.__main__ import load_pretrain_task
+        task, cfg, _ = load_pretrain_task(path, map_location=map_location)
+        return task, cfg
     cfg = config_from_dict(ckpt["config"])
     model = build_model(cfg.model, pretrained=False)     # shapes only: the weights come from the checkpoint
     task = build_task(cfg.task, model, _DatasetInfo(ckpt.get("tasks"), ckpt.get("task_type")))

@@ -117,3 +117,11 @@ def test_load_pretrain_task_keeps_options(runs):
     ours = torch.load(straight / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)["model"]
     for k, v in task.state_dict().items():
         assert torch.equal(v, ours[k]), k
+
+
+def test_engine_load_task_keeps_pretrain_options(runs):
+    """embed/predict load every checkpoint through engine.load_task: a pre-training run keeps its options."""
+    from esmgear_fast.engine.checkpoint import load_task
+    straight, _ = runs
+    task, cfg = load_task(straight)          # the run folder: checkpoints/best.pt
+    assert type(task).__name__ == "AnglePrediction" and task.num_sample == 16 and not task.training
