@@ -1,7 +1,7 @@
 """Train (fine-tune or pre-train) from a config: ``python -m esmgear_fast.train [--config FILE] [key=value ...]``.
 
     python -m esmgear_fast.train                                   # the built-in demo (tiny, CPU, ~1 min)
-    python -m esmgear_fast.train --config configs/EC/esm_gearnet.yaml data.path=~/data/EC optim.lr=3e-4
+    python -m esmgear_fast.train --config configs/EC/esm_gearnet_serial.yaml data.path=~/data/EC optim.lr=3e-4
     python -m esmgear_fast.train --resume runs/esm_gearnet-20260101-120000      # continue a killed run
     torchrun --standalone --nproc_per_node=4 -m esmgear_fast.train --config ...  # DDP (NCCL / gloo on CPU)
 
@@ -178,7 +178,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m esmgear_fast.train",
         description="Train or fine-tune ESM-GearNet-style models from a YAML config plus key=value overrides.",
-        epilog="Examples: python -m esmgear_fast.train  (the demo) | --config configs/EC/esm_gearnet.yaml "
+        epilog="Examples: python -m esmgear_fast.train  (the demo) | --config configs/EC/esm_gearnet_serial.yaml "
                "data.path=~/data/EC | --resume runs/NAME | torchrun --standalone --nproc_per_node=2 -m "
                "esmgear_fast.train ...")
     p.add_argument("--config", "-c", help="YAML config (default: the built-in demo)")
@@ -237,6 +237,10 @@ def run(cfg: Config, config_path: Optional[Path] = None) -> dict:
                     train_batch_sampler=sampler, log=log)
     summary = engine.fit()
     log(f"done: {out_dir} (best epoch {summary.get('best_epoch')})")
+    if dist.is_main and cfg.data.dataset == "demo":   # the demo ends with its table and the trivial baseline
+        from .demo import demo_report
+        print(demo_report(out_dir, os.path.expanduser(cfg.data.path) if cfg.data.path else None,
+                          **dict(cfg.data.options or {})), flush=True)
     return summary
 
 

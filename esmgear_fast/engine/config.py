@@ -18,7 +18,7 @@ values of the wrong type fail with a :class:`ConfigError` that lists the valid k
 Example::
 
     from esmgear_fast.engine.config import load_config
-    cfg = load_config("configs/EC/esm_gearnet.yaml", ["optim.lr=3e-4", "train.epochs=5"])
+    cfg = load_config("configs/EC/esm_gearnet_serial.yaml", ["optim.lr=3e-4", "train.epochs=5"])
     cfg.data.dataset, cfg.model.esm, cfg.train.precision
 """
 from __future__ import annotations
