@@ -12,6 +12,7 @@ default ``runs/<config name>-<UTC time>``) gets ``config.yaml``, ``metrics.jsonl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -209,8 +210,25 @@ def resolve_config(args: argparse.Namespace) -> Tuple[Config, Optional[Path]]:
 
 
 # ----------------------------------------------------------------------------------------------- run
+@contextlib.contextmanager
+def cpu_threads(num_threads: Optional[int]):
+    """``torch.set_num_threads(num_threads)`` for the block (``None``: unchanged), restored afterwards."""
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def run(cfg: Config, config_path: Optional[Path] = None) -> dict:
     """Builds data, model and task from ``cfg`` and trains; returns the summary. Call under torchrun for DDP."""
+    with cpu_threads(cfg.train.num_threads):
+        return _run(cfg, config_path)
+
+
+def _run(cfg: Config, config_path: Optional[Path]) -> dict:
     from .engine.checkpoint import load_init_weights
     from .engine.loop import Engine, seed_everything
     from .models.factory import build_model

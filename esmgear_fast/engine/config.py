@@ -179,6 +179,9 @@ class TrainConfig:
     max_steps_per_epoch: stop each epoch after this many optimizer steps (debugging / smoke runs).
     device: ``auto`` (the local CUDA device under torchrun, else ``cuda`` when available, else ``cpu``),
         or a torch device string.
+    num_threads: CPU threads for torch's intra-op parallelism (``null`` = torch's default, all cores). Small
+        models on shared machines run faster with 1: two OpenMP threads competing with another process
+        slowed the demo down 10x.
     sync_batchnorm: convert BatchNorm to SyncBatchNorm under multi-GPU DDP.
     find_unused_parameters: DDP's flag. On by default: fine-tuning never uses ESM's language-model head
         and pre-training methods skip other heads, and DDP needs to know. ``false`` saves a graph traversal
@@ -198,6 +201,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     max_steps_per_epoch: Optional[int] = None
     device: str = "auto"
+    num_threads: Optional[int] = None
     sync_batchnorm: bool = True
     find_unused_parameters: bool = True
 

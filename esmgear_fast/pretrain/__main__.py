@@ -66,7 +66,7 @@ DEMO_CONFIG = {
               "hidden_dims": [128, 128, 128]},
     "task": {"name": "distance"},
     "optim": {"optimizer": "adam", "lr": 1e-3},
-    "train": {"epochs": 6, "log_every": 5, "device": "auto", "eval_splits": []},
+    "train": {"epochs": 6, "log_every": 5, "device": "auto", "eval_splits": [], "num_threads": 1},
     "run": {"tensorboard": False},
 }
 DEMO_PRETRAIN = {"options": {"num_sample": 64}, "save_every": 2, "export": "esm_gearnet"}
@@ -274,6 +274,12 @@ def _engine_class():
 
 
 def run(cfg: Config, psec: PretrainSection, config_path: Optional[Path] = None) -> dict:
+    from ..train import cpu_threads
+    with cpu_threads(cfg.train.num_threads):
+        return _run(cfg, psec, config_path)
+
+
+def _run(cfg: Config, psec: PretrainSection, config_path: Optional[Path]) -> dict:
     from omegaconf import OmegaConf
     from ..engine.checkpoint import atomic_write_bytes, load_init_weights
     from ..engine.loop import seed_everything
