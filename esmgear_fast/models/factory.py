@@ -138,6 +138,9 @@ def build_model(cfg: Union[ModelConfig, Mapping], pretrained: bool = True,
     if cfg.esm is not None:
         if pretrained:
             esm = load_esm(cfg.esm)
+            # contact regression is unused by the fusion; dropping it keeps the state dict independent of
+            # whether fair-esm's regression file was present (build_model(pretrained=False) cannot know)
+            esm.contact_regression = None
         else:
             shape = esm_config or esm_config_of(cfg.esm)
             with torch.device("meta"):
