@@ -26,9 +26,6 @@ Example::
 """
 from .batch import ProteinBatch, collate
 from .cache import ProteinCache, write_cache
-from .datasets import (MSP, PSR, AlphaFoldDB, AlphaFoldDBStream, EnzymeCommission, GeneOntology, ProteinDataset,
-                       StructureDataset)
-from .download import download_url, missing_data_error
 from .samplers import (DistributedBatchSampler, DistributedLengthBatchSampler, FixedBatchSampler,
                        LengthBatchSampler)
 from .samples import collate_samples, move_to
@@ -60,3 +57,22 @@ __all__ = [
     "move_to",
     "write_cache",
 ]
+
+# The datasets and the download helpers import `prepare` / `download`, which are also command-line modules
+# (`python -m esmgear_fast.data.prepare`, `... .download`): importing them here, eagerly, would make runpy warn
+# that the module was imported before it ran. They load on first access instead.
+_LAZY = {
+    **{name: ".datasets" for name in ("AlphaFoldDB", "AlphaFoldDBStream", "EnzymeCommission", "GeneOntology", "MSP",
+                                      "PSR", "ProteinDataset", "StructureDataset")},
+    "download_url": ".download",
+    "missing_data_error": ".download",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
