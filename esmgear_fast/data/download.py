@@ -219,8 +219,33 @@ def extract_tar(archive: Union[str, os.PathLike], dest_dir: Union[str, os.PathLi
     dest_dir.mkdir(parents=True, exist_ok=True)
     _log(f"[download] extracting {archive} into {dest_dir}", quiet)
     with tarfile.open(archive, "r:*") as tar:
-        tar.extractall(dest_dir, filter="data")
+        if hasattr(tarfile, "data_filter"):      # Python >= 3.11.4 / 3.12
+            tar.extractall(dest_dir, filter="data")
+        else:                                    # older patch releases: the same rules, checked by hand
+            tar.extractall(dest_dir, members=[_safe_member(m, dest_dir, archive) for m in tar.getmembers()])
     return dest_dir
+
+
+def _safe_member(member, dest_dir: Path, archive) -> object:
+    """``member`` if extracting it stays inside ``dest_dir`` (the ``"data"`` filter's rules), else ``ValueError``."""
+    root = dest_dir.resolve()
+
+    def inside(name: str, base: Path) -> bool:
+        target = (base / name).resolve()
+        return target == root or root in target.parents
+
+    problem = None
+    if member.name.startswith(("/", "\\")) or not inside(member.name, root):
+        problem = "a path outside the destination"
+    elif member.isdev():
+        problem = "a device file"
+    elif member.issym() and not inside(member.linkname, (root / member.name).parent):
+        problem = f"a symbolic link leaving the destination ({member.linkname})"
+    elif member.islnk() and not inside(member.linkname, root):
+        problem = f"a hard link leaving the destination ({member.linkname})"
+    if problem:
+        raise ValueError(f"{archive}: member {member.name!r} is {problem}; refusing to extract")
+    return member
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

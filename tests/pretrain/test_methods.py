@@ -10,7 +10,7 @@ from esmgear_fast.pretrain import build_pretrain_task, method_options, METHODS
 from esmgear_fast.testing import real_proteins
 from esmgear_fast.data import collate
 
-from conftest import capture_input, decode
+from pretrain_helpers import capture_input, decode
 
 
 def _plain_ce(logits, target):

@@ -103,7 +103,7 @@ def test_siamdiff_structure_pieces():
 
 
 def test_siamdiff_views_masks_and_targets(small_batch):
-    from conftest import OneHotModel
+    from pretrain_helpers import OneHotModel
     one_hot_model = OneHotModel(output_dim=small_batch.num_nodes)
     torch.manual_seed(3)
     task = build_pretrain_task("siamdiff", one_hot_model, num_noise_level=1, max_mask_ratio=0.5, crop_length=None)
