@@ -227,7 +227,10 @@ def extract_tar(archive: Union[str, os.PathLike], dest_dir: Union[str, os.PathLi
 
 
 def _safe_member(member, dest_dir: Path, archive) -> object:
-    """``member`` if extracting it stays inside ``dest_dir`` (the ``"data"`` filter's rules), else ``ValueError``."""
+    """``member`` if extracting it stays inside ``dest_dir`` (the ``"data"`` filter's rules), else
+    ``tarfile.TarError`` (as the filter's own errors are)."""
+    import tarfile
+
     root = dest_dir.resolve()
 
     def inside(name: str, base: Path) -> bool:
@@ -244,7 +247,7 @@ def _safe_member(member, dest_dir: Path, archive) -> object:
     elif member.islnk() and not inside(member.linkname, root):
         problem = f"a hard link leaving the destination ({member.linkname})"
     if problem:
-        raise ValueError(f"{archive}: member {member.name!r} is {problem}; refusing to extract")
+        raise tarfile.TarError(f"{archive}: member {member.name!r} is {problem}; refusing to extract")
     return member
 
 
